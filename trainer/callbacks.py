@@ -1,0 +1,183 @@
+"""Callbacks that make a run leave its artifacts behind: metrics.json, predictions.jsonl, plots, a summary.
+
+All file writes happen on global rank zero; per-process outputs are gathered first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    return Path(trainer.default_root_dir)
+
+
+def gather_objects(trainer: pl.Trainer, obj: Any) -> list[Any]:
+    """Every process's ``obj`` (one list entry per rank); ``[obj]`` in a single process."""
+    if trainer.world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _floats(metrics: dict[str, Any], prefix: str | None = None) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if prefix and not key.startswith(prefix):
+            continue
+        value = float(value.item() if isinstance(value, torch.Tensor) else value)
+        out[key] = value if math.isfinite(value) else None
+    return dict(sorted(out.items()))
+
+
+def update_metrics_file(path: Path, section: str, values: dict) -> None:
+    """Merge ``values`` into ``metrics.json`` under ``section`` (``fit``, ``test``, ...)."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[section] = values
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+    """Distributed samplers pad the last batch by repeating records; keep the first of each id."""
+    seen, out = set(), []
+    for row in rows:
+        if row["id"] not in seen:
+            seen.add(row["id"])
+            out.append(row)
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def log_images(trainer: pl.Trainer, paths: list[Path]) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            for p in paths:
+                logger.log_image(key=f"plots/{p.stem}", images=[str(p)])
+
+
+class RunArtifacts(Callback):
+    """Loss curve, metrics.json, test predictions and plots in the run directory, and a final summary."""
+
+    def __init__(self) -> None:
+        self.train_steps: list[int] = []
+        self.train_loss: list[float] = []
+        self.val_steps: list[int] = []
+        self.val_loss: list[float] = []
+        self._pending: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Lightning hands over the loss divided by the accumulation steps, so the losses of one optimizer
+        # step sum to that step's mean loss.
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        self._pending.append(float(loss.detach()))
+        if trainer.global_step > (self.train_steps[-1] if self.train_steps else 0):
+            self.train_steps.append(trainer.global_step)
+            self.train_loss.append(sum(self._pending))
+            self._pending = []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
+            return
+        self.val_steps.append(trainer.global_step)
+        self.val_loss.append(float(trainer.callback_metrics["val/loss"]))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        from trainer import plots
+
+        out = run_dir(trainer)
+        values = _floats(trainer.callback_metrics)
+        ckpt = trainer.checkpoint_callback
+        section = {"metrics": values, "global_step": trainer.global_step, "epochs": trainer.current_epoch}
+        if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+            section["best_checkpoint"] = ckpt.best_model_path
+            section["monitor"] = ckpt.monitor
+            if ckpt.best_model_score is not None:
+                section["best_score"] = float(ckpt.best_model_score)
+        update_metrics_file(out / "metrics.json", "fit", section)
+        paths = []
+        if self.train_steps:
+            paths.append(plots.loss_curve(self.train_steps, self.train_loss, self.val_steps, self.val_loss,
+                                          out / "plots" / "loss_curve.png"))
+        log_images(trainer, paths)
+        print_summary("fit", values, out)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        pop = getattr(pl_module, "pop_eval_outputs", None)
+        if pop is None:
+            return
+        gathered = gather_objects(trainer, pop())
+        if not trainer.is_global_zero:
+            return
+        outputs = [o for rank_outputs in gathered for o in rank_outputs]
+        out = run_dir(trainer)
+        write_jsonl(out / "predictions.jsonl", _dedupe(pl_module.prediction_records(outputs)))
+        log_images(trainer, pl_module.save_figures("test", outputs, out / "plots"))
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        values = _floats(trainer.callback_metrics, prefix="test/")
+        ckpt = trainer.ckpt_path
+        update_metrics_file(run_dir(trainer) / "metrics.json", "test",
+                            {"metrics": values, "checkpoint": str(ckpt) if ckpt else None})
+        print(f"test metrics, predictions and plots written to {run_dir(trainer)}")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """``tuneloop predict`` writes ``predictions.jsonl`` (one row per record) into the run directory."""
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="epoch")
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        gathered = gather_objects(trainer, predictions)
+        if not trainer.is_global_zero:
+            return
+        outputs = [o for rank_outputs in gathered for o in rank_outputs]
+        path = run_dir(trainer) / "predictions.jsonl"
+        rows = _dedupe(pl_module.prediction_records(outputs))
+        write_jsonl(path, rows)
+        print(f"wrote {len(rows)} predictions to {path}")
+
+
+def print_summary(stage: str, values: dict[str, float | None], out: Path) -> None:
+    """A table of the final metrics; baselines (``val/baseline_x``) shown beside their metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    base = {k.replace("baseline_", ""): v for k, v in values.items() if "/baseline_" in k}
+    table = Table(title=f"tuneloop {stage}: final metrics", caption=f"run directory: {out}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if base:
+        table.add_column("label-frequency baseline", justify="right")
+    for key, value in values.items():
+        if "/baseline_" in key or key.startswith("perf/"):
+            continue
+        row = [key, "nan" if value is None else f"{value:.4f}"]
+        if base:
+            b = base.get(key)
+            row.append("" if b is None else f"{b:.4f}")
+        table.add_row(*row)
+    Console().print(table)

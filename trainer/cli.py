@@ -1,0 +1,113 @@
+"""``tuneloop fit|validate|test|predict``: Lightning's CLI with tuneloop's run directory, scaling rules,
+W&B default and artifact callbacks.
+
+Configs stack with ``-c`` (a recipe, then overlays such as ``configs/debug.yaml``); ``--print_config``
+prints the resolved config. The model and data are chosen by ``class_path`` in the recipe.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from datamodules.base import TuneloopDataModule
+from modules.base import TuneloopModule
+from trainer.callbacks import PredictionWriter, RunArtifacts
+from trainer.loggers import wandb_logger_config, wandb_offline
+from trainer.run import RunSpec, publish_version, resolve_version, run_dir_from_checkpoint
+from trainer.scaling import BatchSizeError
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Writes the resolved config to ``<run dir>/config.yaml`` (``config.<stage>.yaml`` for evaluation runs)
+    and logs it to the experiment tracker."""
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            out = Path(trainer.default_root_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            name = "config.yaml" if stage == "fit" else f"config.{stage}.yaml"
+            self.parser.save(self.config, out / name, skip_none=False, overwrite=True, multifile=False)
+            if trainer.logger is not None:
+                import yaml
+
+                trainer.logger.log_hyperparams(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
+        self.already_saved = True
+
+
+class TuneloopCLI(LightningCLI):
+    """The Lightning CLI with tuneloop's conventions (see module docstring)."""
+
+    def __init__(self, args=None, run: bool = True):
+        super().__init__(
+            model_class=TuneloopModule,
+            datamodule_class=TuneloopDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=RunConfigSaver,
+            trainer_defaults={"callbacks": [RunArtifacts(), PredictionWriter()]},
+            auto_configure_optimizers=False,
+            parser_kwargs={"description": "tuneloop: one scaling-aware fine-tuning loop for many tasks."},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_class_arguments(RunSpec, "run", help="Run directory, W&B project and post-fit testing.")
+
+    def _subconfig(self) -> Namespace:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self._subconfig()
+        run = cfg.run
+        from_ckpt = run_dir_from_checkpoint(cfg.get("ckpt_path")) if self.subcommand not in (None, "fit") else None
+        if run.version is None and from_ckpt is not None:
+            out, version = from_ckpt, from_ckpt.name
+        else:
+            root = Path(run.root) / run.experiment
+            version = resolve_version(run.version, root, dict(os.environ))
+            out = root / version
+        publish_version(version)
+        run.version = version
+        cfg.trainer.default_root_dir = str(out)
+        if cfg.trainer.logger is None or cfg.trainer.logger is True:
+            logger = wandb_logger_config(out, run.project, run.experiment, version, wandb_offline(dict(os.environ)))
+            cfg.trainer.logger = Namespace(class_path=logger["class_path"], init_args=Namespace(**logger["init_args"]))
+        if cfg.trainer.accumulate_grad_batches not in (None, 1):
+            raise BatchSizeError(
+                "trainer.accumulate_grad_batches is derived from data.batch (global / (micro x world size)); "
+                "set data.batch.global_batch_size instead"
+            )
+        callbacks = [RunArtifacts(), PredictionWriter()]
+        user_callbacks = cfg.trainer.callbacks or []
+        has_bar = any("ProgressBar" in str(getattr(c, "class_path", "")) for c in user_callbacks)
+        if cfg.trainer.enable_progress_bar is not False and not has_bar:
+            callbacks.append(RichProgressBar())
+        self.trainer_defaults["callbacks"] = callbacks
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if isinstance(self.datamodule, TuneloopDataModule):
+            trainer.accumulate_grad_batches = self.datamodule.batch.accumulation(trainer.world_size)
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                cb.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+        return trainer
+
+    def after_fit(self) -> None:
+        if not self._subconfig().run.test_after_fit:
+            return
+        has_best = bool(self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+
+
+def run_cli(args: list[str] | None = None, run: bool = True) -> TuneloopCLI:
+    return TuneloopCLI(args=args, run=run)

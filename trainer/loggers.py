@@ -1,0 +1,38 @@
+"""Experiment tracking: Weights & Biases by default, offline when there is no API key."""
+
+from __future__ import annotations
+
+import netrc
+from pathlib import Path
+
+
+def wandb_has_credentials(env: dict[str, str]) -> bool:
+    """True when W&B can sync: an API key in the environment or in ~/.netrc (``wandb login``)."""
+    if env.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_offline(env: dict[str, str]) -> bool:
+    """Offline unless credentials exist and WANDB_MODE does not ask for offline/disabled."""
+    if env.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return True
+    return not wandb_has_credentials(env)
+
+
+def wandb_logger_config(run_dir: Path, project: str, experiment: str, version: str, offline: bool) -> dict:
+    """Config of the default WandbLogger: its files live in the run directory; it never prompts."""
+    return {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {
+            "project": project,
+            "group": experiment,
+            "name": f"{experiment}/{version}",
+            "save_dir": str(run_dir),
+            "offline": offline,
+            "log_model": False,
+        },
+    }

@@ -47,9 +47,24 @@ def file_format(path: Path) -> str:
         raise ValueError(f"{path}: unsupported data file type {path.suffix!r}; use .jsonl, .csv or .parquet") from None
 
 
+def _json_kind(value) -> str | None:
+    """JSON type of a value as Arrow will see it (ints and floats are both numbers; null fits anything)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "list" if isinstance(value, list) else "object"
+
+
 def _scan_jsonl(path: Path) -> list[int]:
-    """Check that each non-blank line is a JSON object; return the line number of each record."""
-    lines = []
+    """Check that each non-blank line is a JSON object whose fields keep one type across the file (Arrow
+    needs one type per column); return the line number of each record."""
+    lines: list[int] = []
+    kinds: dict[str, tuple[str, int]] = {}
     with path.open(encoding="utf-8") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -60,6 +75,16 @@ def _scan_jsonl(path: Path) -> list[int]:
                 raise RecordError(f"{path}:{lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise RecordError(f"{path}:{lineno}", None, f"expected a JSON object, got {type(obj).__name__}")
+            for key, value in obj.items():
+                kind = _json_kind(value)
+                if kind is None:
+                    continue
+                first = kinds.setdefault(key, (kind, lineno))
+                if first[0] != kind:
+                    raise RecordError(
+                        f"{path}:{lineno}", key,
+                        f"expected a {first[0]} like line {first[1]}, got {kind} {value!r}"
+                    )
             lines.append(lineno)
     return lines
 

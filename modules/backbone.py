@@ -223,6 +223,9 @@ def build_model(auto_class, spec: BackboneSpec, tokenizer, **config_overrides: A
         )
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    # from_pretrained returns the model in eval mode; training must see dropout (Lightning keeps modes as
+    # they are at the start of fit).
+    model.train()
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model

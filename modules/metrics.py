@@ -1,0 +1,361 @@
+"""Task metrics on torchmetrics: one ``MetricCollection`` per task, synced across processes.
+
+``build_metrics(task, num_labels)`` returns a collection without prefix; a module clones it per stage
+(``collection.clone(prefix="val/")``, ``clone(prefix="test/")``) so that the logged keys are
+``val/<metric>`` / ``test/<metric>`` with the snake_case names of DESIGN.md ("Metric names").
+
+Every metric keeps its state as sums/counts with ``dist_reduce_fx="sum"`` (torchmetrics' own classes, and
+:class:`PartialScore` here), so ``compute()`` gives the value over the union of all processes' samples, not
+a mean of per-rank values. ``compute()`` is a collective under DDP/FSDP: every rank must call it.
+
+Definitions match scikit-learn (the tests compare against it):
+
+========================  =================================================================================
+binary                    ``accuracy``, ``precision``, ``recall``, ``f1`` (positive class = 1; prediction
+                          is ``prob > threshold``)
+multiclass                ``accuracy`` (= ``accuracy_score`` = micro), ``f1_macro``, ``f1_micro``
+multilabel                ``f1_macro``, ``f1_micro``, ``partial_score`` (= ``jaccard_score(average=
+                          "samples", zero_division=1)``), ``exact_match`` (= subset ``accuracy_score``),
+                          ``label_accuracy`` (mean over labels of per-label accuracy)
+regression                ``mse``, ``rmse``, ``mae``, ``r2`` (``multioutput="uniform_average"``: the mean
+                          over targets of the per-target value) and, with more than one target,
+                          ``mse_<name>``, ``rmse_<name>``, ``mae_<name>``, ``r2_<name>`` per target
+========================  =================================================================================
+
+Thresholding follows torchmetrics: a floating prediction counts as positive when ``prob > threshold``
+(strictly greater), and a floating batch with any value outside [0, 1] is taken as logits and passed
+through a sigmoid first (per batch). Pass probabilities to avoid depending on that heuristic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MultilabelAccuracy,
+    MultilabelExactMatch,
+    MultilabelF1Score,
+)
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+from torchmetrics.utilities.compute import normalize_logits_if_needed
+from torchmetrics.wrappers import ClasswiseWrapper
+from torchmetrics.wrappers.abstract import WrapperMetric
+
+__all__ = ["TASKS", "PartialScore", "RegressionMetricCollection", "build_metrics", "compute_and_reset"]
+
+TASKS = ("binary", "multiclass", "multilabel", "regression")
+
+
+class PartialScore(Metric):
+    """Per-sample overlap of predicted and true label sets, averaged over samples.
+
+    For each sample ``|pred ∩ true| / |pred ∪ true|``, and 1.0 when both sets are empty; the metric is the
+    mean over all samples seen (= ``sklearn.metrics.jaccard_score(average="samples", zero_division=1)``).
+    A sample whose predicted set is empty while its true set is not scores 0.
+
+    States are a float64 sum of per-sample scores and a sample count, both reduced with ``sum`` across
+    processes, so the value under DDP equals the single-process value on the union of the shards.
+
+    Args:
+        num_labels: Number of labels ``L``.
+        threshold: A floating prediction is positive when ``prob > threshold``.
+
+    ``update(preds, target)``: ``preds`` (N, L) probabilities (float; logits are sigmoided as in
+    torchmetrics when any value lies outside [0, 1]) or {0, 1} integer/bool predictions; ``target`` (N, L)
+    integer/bool in {0, 1}.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
+
+    score_sum: Tensor
+    count: Tensor
+
+    def __init__(self, num_labels: int, threshold: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
+            raise ValueError(f"PartialScore: num_labels must be an integer >= 1, got {num_labels!r}")
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"PartialScore: threshold must lie in the open interval (0, 1), got {threshold!r}")
+        self.num_labels = num_labels
+        self.threshold = float(threshold)
+        self.add_state("score_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        if preds.shape != target.shape:
+            raise ValueError(
+                f"PartialScore: preds and target must have the same shape, got {tuple(preds.shape)} "
+                f"and {tuple(target.shape)}"
+            )
+        if preds.ndim != 2 or preds.shape[1] != self.num_labels:
+            raise ValueError(
+                f"PartialScore: expected preds/target of shape (N, {self.num_labels}), got {tuple(preds.shape)}"
+            )
+        if target.is_floating_point():
+            raise ValueError(f"PartialScore: target must be an integer or bool tensor in {{0, 1}}, got {target.dtype}")
+        if target.numel() and ((target != 0) & (target != 1)).any():
+            raise ValueError("PartialScore: target values must be 0 or 1")
+        if preds.is_floating_point():
+            preds = normalize_logits_if_needed(preds, "sigmoid") > self.threshold
+        elif preds.numel() and ((preds != 0) & (preds != 1)).any():
+            raise ValueError("PartialScore: integer preds must be 0 or 1 (or pass float probabilities)")
+        pred_set = preds.bool()
+        true_set = target.bool()
+        intersection = (pred_set & true_set).sum(dim=1)
+        union = (pred_set | true_set).sum(dim=1)
+        per_sample = torch.where(
+            union == 0,
+            torch.ones_like(union, dtype=torch.float64),
+            intersection.double() / union.clamp_min(1).double(),
+        )
+        self.score_sum += per_sample.sum()
+        self.count += per_sample.numel()
+
+    def compute(self) -> Tensor:
+        return self.score_sum / self.count
+
+
+class _OutputMean(WrapperMetric):
+    """Mean over the outputs of a metric that returns one value per output (uniform average over targets)."""
+
+    def __init__(self, metric: Metric) -> None:
+        super().__init__()
+        if not isinstance(metric, Metric):
+            raise ValueError(f"_OutputMean wraps a torchmetrics.Metric, got {metric!r}")
+        self.metric = metric
+
+    @property
+    def higher_is_better(self) -> bool | None:  # type: ignore[override]
+        return self.metric.higher_is_better
+
+    def _filter_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        return self.metric._filter_kwargs(**kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self.metric(*args, **kwargs).mean()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.metric.update(*args, **kwargs)
+
+    def compute(self) -> Tensor:
+        return self.metric.compute().mean()
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def set_dtype(self, dst_type: str | torch.dtype) -> _OutputMean:
+        # The wrapper has no states of its own; ``Metric.set_dtype`` would not reach the wrapped metric's.
+        self.metric.set_dtype(dst_type)
+        return self
+
+
+class RegressionMetricCollection(MetricCollection):
+    """MetricCollection for regression that checks shapes and accumulates in float64.
+
+    Regression targets are compared in original units (e.g. heat input of hundreds of J/mm); R^2 is
+    computed from sums of squares, which lose several digits in float32 when the mean is large relative to
+    the spread. Inputs are therefore cast to float64 (states are float64 too) before reaching the metrics.
+    Apple MPS has no float64: there inputs are cast to float32, and the states must be moved with
+    ``collection.set_dtype(torch.float32)`` before ``.to("mps")``.
+
+    ``update(preds, target)``/``forward(preds, target)``: (N, T) float; (N,) also accepted when T == 1.
+    """
+
+    def __init__(self, metrics: dict[str, Metric], num_targets: int, **kwargs: Any) -> None:
+        super().__init__(metrics, **kwargs)
+        self.num_targets = num_targets
+        self.set_dtype(torch.float64)
+
+    def _prepare(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        preds = torch.as_tensor(preds)
+        target = torch.as_tensor(target)
+        t = self.num_targets
+        if preds.shape != target.shape:
+            raise ValueError(
+                f"regression metrics: preds and target must have the same shape, got {tuple(preds.shape)} "
+                f"and {tuple(target.shape)}"
+            )
+        if t == 1:
+            if preds.ndim == 2 and preds.shape[1] == 1:
+                preds, target = preds.reshape(-1), target.reshape(-1)
+            elif preds.ndim != 1:
+                raise ValueError(
+                    f"regression metrics: expected shape (N,) or (N, 1) for 1 target, got {tuple(preds.shape)}"
+                )
+        elif preds.ndim != 2 or preds.shape[1] != t:
+            raise ValueError(f"regression metrics: expected shape (N, {t}) for {t} targets, got {tuple(preds.shape)}")
+        dtype = torch.float32 if preds.device.type == "mps" else torch.float64
+        return preds.to(dtype), target.to(dtype)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        super().update(*self._prepare(preds, target))
+
+    def forward(self, preds: Tensor, target: Tensor) -> dict[str, Any]:  # type: ignore[override]
+        return super().forward(*self._prepare(preds, target))
+
+
+def _check_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+def build_metrics(
+    task: str,
+    num_labels: int,
+    *,
+    threshold: float = 0.5,
+    target_names: list[str] | None = None,
+) -> MetricCollection:
+    """The metrics of ``task`` as a ``MetricCollection`` (no prefix; clone with ``prefix="val/"`` etc.).
+
+    Args:
+        task: One of :data:`TASKS`.
+        num_labels: ``binary``: 1 or 2 (both mean one positive class; 2 lets a caller pass its count of
+            class names, e.g. ``["normal", "abnormal"]``; predictions are always the positive-class
+            probability). ``multiclass``: number of classes C >= 2. ``multilabel``: number of labels
+            L >= 2. ``regression``: number of targets T >= 1.
+        threshold: Decision threshold in the open interval (0, 1) for ``binary`` and ``multilabel``
+            (positive when ``prob > threshold``). Ignored by ``multiclass`` (argmax) and ``regression``.
+        target_names: Names of the classes/labels/targets; when given its length must be ``num_labels``.
+            Required for ``regression`` with T > 1: the per-target keys are ``mse_<name>`` etc.
+
+    Inputs of ``update(preds, target)`` (and ``forward``):
+
+    - ``binary``: ``preds`` (N,) float probability of the positive class in [0, 1]; ``target`` (N,)
+      int in {0, 1}. Keys: ``accuracy``, ``precision``, ``recall``, ``f1``.
+    - ``multiclass``: ``preds`` (N, C) logits or probabilities (argmax is taken; (N,) integer class ids
+      also work); ``target`` (N,) int in [0, C). Keys: ``accuracy``, ``f1_macro``, ``f1_micro``.
+    - ``multilabel``: ``preds`` (N, L) float probabilities; ``target`` (N, L) int in {0, 1}. Keys:
+      ``f1_macro``, ``f1_micro``, ``partial_score``, ``exact_match``, ``label_accuracy``.
+    - ``regression``: ``preds`` (N, T) float in original units; ``target`` (N, T) float; (N,) also
+      accepted when T == 1. Keys: ``mse``, ``rmse``, ``mae``, ``r2`` (uniform average over targets: e.g.
+      ``rmse`` is the mean of the per-target RMSEs, not the RMSE of all values, as in scikit-learn), plus
+      ``mse_<name>``, ``rmse_<name>``, ``mae_<name>``, ``r2_<name>`` when T > 1. Accumulated in float64
+      (see :class:`RegressionMetricCollection`).
+
+    Raises:
+        ValueError: unknown task (the message lists the valid ones), bad ``num_labels`` for the task,
+            ``threshold`` outside (0, 1), ``target_names`` missing (regression, T > 1), of the wrong length,
+            with duplicates or empty names.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    _check_int("num_labels", num_labels)
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    try:
+        threshold = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number in the open interval (0, 1), got {threshold!r}") from None
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie in the open interval (0, 1), got {threshold}")
+    if target_names is not None:
+        target_names = list(target_names)
+        if len(target_names) != num_labels:
+            raise ValueError(
+                f"target_names has {len(target_names)} names but num_labels is {num_labels}: {target_names}"
+            )
+        if not all(isinstance(n, str) and n for n in target_names):
+            raise ValueError(f"target_names must be non-empty strings, got {target_names}")
+        if len(set(target_names)) != len(target_names):
+            raise ValueError(f"target_names must be unique, got {target_names}")
+
+    if task == "binary":
+        if num_labels not in (1, 2):
+            raise ValueError(
+                f"binary task takes num_labels 1 or 2 (one positive-class probability per sample), got "
+                f"{num_labels}; use task='multiclass' or 'multilabel' for more classes"
+            )
+        return MetricCollection(
+            {
+                "accuracy": BinaryAccuracy(threshold=threshold),
+                "precision": BinaryPrecision(threshold=threshold),
+                "recall": BinaryRecall(threshold=threshold),
+                "f1": BinaryF1Score(threshold=threshold),
+            }
+        )
+
+    if task == "multiclass":
+        if num_labels < 2:
+            raise ValueError(f"multiclass task needs num_labels >= 2 classes, got {num_labels}; use task='binary'")
+        return MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(num_classes=num_labels, average="micro"),
+                "f1_macro": MulticlassF1Score(num_classes=num_labels, average="macro"),
+                "f1_micro": MulticlassF1Score(num_classes=num_labels, average="micro"),
+            }
+        )
+
+    if task == "multilabel":
+        if num_labels < 2:
+            raise ValueError(
+                f"multilabel task needs num_labels >= 2 labels, got {num_labels}; use task='binary' for one label"
+            )
+        return MetricCollection(
+            {
+                "f1_macro": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="macro"),
+                "f1_micro": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="micro"),
+                "partial_score": PartialScore(num_labels=num_labels, threshold=threshold),
+                "exact_match": MultilabelExactMatch(num_labels=num_labels, threshold=threshold),
+                "label_accuracy": MultilabelAccuracy(num_labels=num_labels, threshold=threshold, average="macro"),
+            }
+        )
+
+    # regression
+    t = num_labels
+    if t == 1:
+        metrics: dict[str, Metric] = {
+            "mse": MeanSquaredError(),
+            "rmse": MeanSquaredError(squared=False),
+            "mae": MeanAbsoluteError(),
+            "r2": R2Score(),
+        }
+        return RegressionMetricCollection(metrics, num_targets=1)
+    if target_names is None:
+        raise ValueError(f"regression with {t} targets needs target_names (one name per target)")
+    metrics = {
+        # With equal sample counts per target the mean over all values is the uniform average.
+        "mse": MeanSquaredError(),
+        "rmse": _OutputMean(MeanSquaredError(squared=False, num_outputs=t)),
+        "mae": MeanAbsoluteError(),
+        "r2": R2Score(multioutput="uniform_average"),
+        "mse_per_target": ClasswiseWrapper(MeanSquaredError(num_outputs=t), labels=target_names, prefix="mse_"),
+        "rmse_per_target": ClasswiseWrapper(
+            MeanSquaredError(squared=False, num_outputs=t), labels=target_names, prefix="rmse_"
+        ),
+        "mae_per_target": ClasswiseWrapper(MeanAbsoluteError(num_outputs=t), labels=target_names, prefix="mae_"),
+        "r2_per_target": ClasswiseWrapper(R2Score(multioutput="raw_values"), labels=target_names, prefix="r2_"),
+    }
+    return RegressionMetricCollection(metrics, num_targets=t)
+
+
+def compute_and_reset(collection: MetricCollection) -> dict[str, float]:
+    """``collection.compute()`` as ``{key: python float}``, then ``collection.reset()``.
+
+    A collective under DDP (every rank must call it). The collection is reset even when compute fails
+    (e.g. R^2 with fewer than two samples), so a caught error does not leak state into the next epoch.
+    """
+    try:
+        values = collection.compute()
+        out: dict[str, float] = {}
+        for key, value in values.items():
+            tensor = torch.as_tensor(value)
+            if tensor.numel() != 1:
+                raise ValueError(f"metric {key!r} is not a scalar (shape {tuple(tensor.shape)})")
+            out[key] = float(tensor.item())
+        return out
+    finally:
+        collection.reset()

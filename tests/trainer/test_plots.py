@@ -1,0 +1,75 @@
+"""trainer/plots.py writes PNGs that open as images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer.plots import confusion_matrix_plot, loss_curve, multilabel_confusion_plot, parity_plot
+
+
+def _check_png(path, expected):
+    assert path == expected
+    assert path.is_file() and path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.mode in ("RGB", "RGBA")
+        width, height = image.size
+        assert width > 0 and height > 0
+
+
+def test_loss_curve_with_validation(tmp_path):
+    steps = list(range(1, 51))
+    loss = [2.0 / s**0.5 for s in steps]
+    out = loss_curve(steps, loss, [10, 20, 30, 40, 50], [0.9, 0.6, 0.5, 0.45, 0.44], tmp_path / "a" / "b" / "loss.png")
+    _check_png(out, tmp_path / "a" / "b" / "loss.png")
+
+
+def test_loss_curve_train_only(tmp_path):
+    out = loss_curve([1, 2, 3], [1.0, 0.8, 0.7], [], [], str(tmp_path / "loss.png"))
+    _check_png(out, tmp_path / "loss.png")
+
+
+def test_loss_curve_rejects_mismatched_lengths(tmp_path):
+    with pytest.raises(ValueError, match="train_steps"):
+        loss_curve([1, 2], [1.0], [], [], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="val_steps"):
+        loss_curve([1], [1.0], [1, 2], [0.5], tmp_path / "x.png")
+
+
+def test_confusion_matrix_plot(tmp_path):
+    matrix = [[50, 3, 1], [4, 40, 6], [0, 2, 44]]
+    out = confusion_matrix_plot(matrix, ["normal", "porosity", "crack"], tmp_path / "plots" / "cm.png")
+    _check_png(out, tmp_path / "plots" / "cm.png")
+    out = confusion_matrix_plot(np.array(matrix), ["a", "b", "c"], tmp_path / "cm2.png", title="Test")
+    _check_png(out, tmp_path / "cm2.png")
+    with pytest.raises(ValueError, match="labels"):
+        confusion_matrix_plot(matrix, ["a", "b"], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="square"):
+        confusion_matrix_plot([[1, 2, 3]], ["a"], tmp_path / "bad.png")
+
+
+def test_multilabel_confusion_plot(tmp_path):
+    rng = np.random.default_rng(0)
+    matrices = rng.integers(0, 100, size=(5, 2, 2))
+    out = multilabel_confusion_plot(matrices, [f"defect_{i}" for i in range(5)], tmp_path / "mlcm.png")
+    _check_png(out, tmp_path / "mlcm.png")
+    with pytest.raises(ValueError, match=r"\(L, 2, 2\)"):
+        multilabel_confusion_plot(np.zeros((3, 3, 3)), ["a", "b", "c"], tmp_path / "bad.png")
+
+
+def test_parity_plot_two_targets(tmp_path):
+    rng = np.random.default_rng(1)
+    y_true = np.column_stack([rng.normal(450, 40, 80), rng.normal(2000, 300, 80)])
+    y_pred = y_true + rng.normal(0, 20, size=y_true.shape)
+    out = parity_plot(y_true, y_pred, ["heat_input", "energy"], tmp_path / "parity.png")
+    _check_png(out, tmp_path / "parity.png")
+    with pytest.raises(ValueError, match="target_names"):
+        parity_plot(y_true, y_pred, ["only_one"], tmp_path / "bad.png")
+
+
+def test_parity_plot_single_target_flat(tmp_path):
+    y = np.linspace(0, 1, 20)
+    out = parity_plot(y, y + 0.01, ["energy"], tmp_path / "parity1.png")
+    _check_png(out, tmp_path / "parity1.png")

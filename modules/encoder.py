@@ -17,6 +17,7 @@ standard deviation (kept as buffers, so a checkpoint predicts in original units 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from modules.backbone import BackboneSpec, LoraSpec, apply_lora, build_model, load_tokenizer
 from modules.base import OptimizerCallable, TuneloopModule, default_optimizer
+from modules.metrics import build_metrics, compute_and_reset
 from trainer.optim import SchedulerSpec
 
 
@@ -34,6 +36,9 @@ class EncoderModule(TuneloopModule):
         backbone: Pretrained model and tokenizer (or the tiny debug model).
         lora: LoRA adapter on the encoder; the task head stays fully trainable. ``null`` = full fine-tuning.
         threshold: Probability above which a binary/multi-label output counts as positive.
+        pos_weight: Weight of positive examples in BCEWithLogits (binary, multi-label): ``auto`` =
+            negatives / positives of each label in the training split (for imbalanced labels), a list with
+            one weight per label, or ``null`` for none.
         report_baseline: Also log the label-frequency baseline on validation (``val/baseline_<metric>``):
             majority class, labels more frequent than 50%, or the training mean for regression.
         optimizer: Optimizer factory called with parameter groups (biases and norms get no weight decay).
@@ -45,6 +50,7 @@ class EncoderModule(TuneloopModule):
         backbone: BackboneSpec,
         lora: LoraSpec | None = None,
         threshold: float = 0.5,
+        pos_weight: Literal["auto"] | list[float] | None = None,
         report_baseline: bool = True,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: SchedulerSpec | None = None,
@@ -56,6 +62,7 @@ class EncoderModule(TuneloopModule):
         self.backbone = backbone
         self.lora = lora
         self.threshold = threshold
+        self.pos_weight = pos_weight
         self.report_baseline = report_baseline
         self.tokenizer = load_tokenizer(backbone)
         self.task: str | None = None
@@ -64,8 +71,6 @@ class EncoderModule(TuneloopModule):
 
     # ----- wiring to the data ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        from modules.metrics import build_metrics
-
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "task") or not hasattr(dm, "label_names"):
             raise TypeError("EncoderModule needs an EncoderDataModule (data.class_path: datamodules.encoder."
@@ -78,7 +83,12 @@ class EncoderModule(TuneloopModule):
             mean, std = dm.target_stats or (torch.zeros(self.num_outputs), torch.ones(self.num_outputs))
             self.register_buffer("target_mean", mean.float().clone())
             self.register_buffer("target_std", std.float().clone())
-        metrics = build_metrics(self.task, self.num_outputs, threshold=self.threshold, target_names=self.label_names)
+        if self.task in ("binary", "multilabel"):
+            weight = positive_weight(self.pos_weight, dm.train_targets if stage == "fit" else None,
+                                     self.num_outputs)
+            self.register_buffer("bce_pos_weight", weight)  # persistent: a checkpoint keeps its loss
+        metrics = build_metrics(self.task, self.num_outputs, threshold=self.threshold,
+                                target_names=self.label_names if self.task == "regression" else None)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         if self.report_baseline and stage == "fit":
@@ -102,11 +112,11 @@ class EncoderModule(TuneloopModule):
 
     def loss(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.task == "binary":
-            return F.binary_cross_entropy_with_logits(out.squeeze(-1), labels.float())
+            return F.binary_cross_entropy_with_logits(out.squeeze(-1), labels.float(), pos_weight=self.bce_pos_weight)
         if self.task == "multiclass":
             return F.cross_entropy(out, labels)
         if self.task == "multilabel":
-            return F.binary_cross_entropy_with_logits(out, labels.float())
+            return F.binary_cross_entropy_with_logits(out, labels.float(), pos_weight=self.bce_pos_weight)
         return F.mse_loss(out, (labels - self.target_mean) / self.target_std)
 
     def predictions(self, out: torch.Tensor) -> torch.Tensor:
@@ -134,12 +144,16 @@ class EncoderModule(TuneloopModule):
         self.log("val/loss", self.loss(out, batch["labels"]), prog_bar=True, sync_dist=True, batch_size=n)
         target = self._metric_target(batch["labels"])
         self.val_metrics.update(self.predictions(out), target)
-        self.log_dict(self.val_metrics, batch_size=n)
         if getattr(self, "val_baseline", None) is not None:
-            baseline = self.baseline_row.expand(n, *self.baseline_row.shape).squeeze(-1) \
-                if self.task == "binary" else self.baseline_row.expand(n, -1)
-            self.val_baseline.update(baseline, target)
-            self.log_dict(self.val_baseline, batch_size=n)
+            # The same prediction for every record: (n,) for binary, (n, outputs) otherwise.
+            baseline = self.baseline_row.expand(n, -1)
+            self.val_baseline.update(baseline.squeeze(-1) if self.task == "binary" else baseline, target)
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() syncs the metric states across processes, so values are logged as they are.
+        self.log_dict(compute_and_reset(self.val_metrics))
+        if getattr(self, "val_baseline", None) is not None:
+            self.log_dict(compute_and_reset(self.val_baseline))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch)
@@ -147,7 +161,6 @@ class EncoderModule(TuneloopModule):
         self.log("test/loss", self.loss(out, batch["labels"]), sync_dist=True, batch_size=n)
         preds, target = self.predictions(out), self._metric_target(batch["labels"])
         self.test_metrics.update(preds, target)
-        self.log_dict(self.test_metrics, batch_size=n)
         self._eval_outputs.append({"id": batch["id"], "pred": preds.cpu(), "target": batch["labels"].cpu()})
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
@@ -158,6 +171,9 @@ class EncoderModule(TuneloopModule):
 
     def on_test_epoch_start(self) -> None:
         self._eval_outputs = []
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(compute_and_reset(self.test_metrics))
 
     def pop_eval_outputs(self) -> list[dict]:
         """Test-step outputs of this process (for predictions.jsonl and plots), emptied on read."""
@@ -217,6 +233,21 @@ class EncoderModule(TuneloopModule):
         cm = confusion_matrix(targets.astype(int), pred_idx, labels=list(range(len(names))))
         return [plots.confusion_matrix_plot(cm, names, out_dir / f"{stage}_confusion_matrix.png",
                                             title=f"{stage} confusion matrix")]
+
+
+def positive_weight(spec: str | list[float] | None, train_targets: np.ndarray | None, num_outputs: int) -> torch.Tensor:
+    """``pos_weight`` of BCEWithLogits, shape (outputs,): ones, the given list, or negatives/positives."""
+    if spec is None or (spec == "auto" and train_targets is None):  # evaluation: restored from checkpoint
+        return torch.ones(num_outputs)
+    if spec == "auto":
+        t = np.asarray(train_targets, dtype=np.float64).reshape(len(train_targets), -1)
+        positives = t.sum(0)
+        if (positives == 0).any():
+            raise ValueError("pos_weight=auto: a label has no positive example in the training split")
+        return torch.tensor((len(t) - positives) / positives, dtype=torch.float32)
+    if len(spec) != num_outputs:
+        raise ValueError(f"model.pos_weight has {len(spec)} values but the task has {num_outputs} outputs")
+    return torch.tensor(spec, dtype=torch.float32)
 
 
 def frequency_baseline(task: str, train_targets: np.ndarray, num_outputs: int) -> torch.Tensor:

@@ -94,7 +94,8 @@ class RunArtifacts(Callback):
             self.train_loss.append(sum(self._pending))
             self._pending = []
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # After the epoch-end metrics are aggregated (they are not yet in callback_metrics at epoch end).
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
             return
         self.val_steps.append(trainer.global_step)

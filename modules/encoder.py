@@ -9,8 +9,8 @@ multilab L logits BCEWithLogits        f1_macro, f1_micro, partial_score, exact_
 regress. T values MSE (standardized)   mse, rmse, mae, r2 (+ per target), in original units
 ======== ======== ==================== =========================================================
 
-The task and its label names come from the DataModule, so a recipe states them once; they are stored in
-the checkpoint's hyperparameters. Regression targets are standardized with the training split's mean and
+The task and its label names come from the DataModule, so a recipe states them once; they are recorded in
+the checkpoint (``checkpoint["tuneloop"]``). Regression targets are standardized with the training split's mean and
 standard deviation (kept as buffers, so a checkpoint predicts in original units on its own).
 """
 
@@ -78,7 +78,6 @@ class EncoderModule(TuneloopModule):
         if self.task is not None:  # already wired (e.g. test after fit in one process)
             return
         self.task, self.label_names, self.num_outputs = dm.task, list(dm.label_names), dm.num_outputs
-        self.hparams.update(task=self.task, label_names=self.label_names)
         if self.task == "regression":
             mean, std = dm.target_stats or (torch.zeros(self.num_outputs), torch.ones(self.num_outputs))
             self.register_buffer("target_mean", mean.float().clone())
@@ -94,6 +93,10 @@ class EncoderModule(TuneloopModule):
         if self.report_baseline and stage == "fit":
             self.val_baseline = metrics.clone(prefix="val/baseline_")
             self.register_buffer("baseline_row", frequency_baseline(self.task, dm.train_targets, self.num_outputs), persistent=False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What the head was trained for travels with the weights (the DataModule supplies it at load time).
+        checkpoint["tuneloop"] = {"task": self.task, "label_names": self.label_names}
 
     def configure_model(self) -> None:
         if self.model is not None:

@@ -33,6 +33,7 @@ class RunConfigSaver(SaveConfigCallback):
         if trainer.is_global_zero:
             out = Path(trainer.default_root_dir)
             out.mkdir(parents=True, exist_ok=True)
+            stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
             name = "config.yaml" if stage == "fit" else f"config.{stage}.yaml"
             self.parser.save(self.config, out / name, skip_none=False, overwrite=True, multifile=False)
             if trainer.logger is not None:

@@ -51,7 +51,12 @@ class LossRecorder(pl.Callback):
         self._batch = []
 
 
-def fit(tmp_path, task, epochs=12, lora=None, lr=3e-3, n=32):
+# Epochs to memorize 32 records with a random tiny model: multi-label first sits on the label prior for
+# about 30 epochs before it learns the records themselves.
+EPOCHS = {"binary": 20, "multiclass": 20, "multilabel": 50, "regression": 20}
+
+
+def fit(tmp_path, task, epochs=None, lora=None, lr=3e-3, n=32):
     """Fit a tiny model on ``n`` WAAM records (train = val = test), two optimizer steps per epoch."""
     pl.seed_everything(0)
     train = small_split(tmp_path, n=n)
@@ -61,7 +66,7 @@ def fit(tmp_path, task, epochs=12, lora=None, lr=3e-3, n=32):
                            optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
                            scheduler=SchedulerSpec("constant"))
     rec = LossRecorder()
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_epochs=epochs or EPOCHS[task], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, deterministic=True, default_root_dir=str(tmp_path / "run"),
                          num_sanity_val_steps=0, callbacks=[rec, RunArtifacts()])
     trainer.fit(module, datamodule=dm)
@@ -87,9 +92,16 @@ def fitted(tmp_path_factory):
 def test_each_task_learns_on_a_tiny_model(fitted, task):
     _, trainer, module, dm, rec = fitted(task)
     first, last = rec.epoch_losses[0], rec.epoch_losses[-1]
-    assert len(rec.epoch_losses) == 12
-    # Memorizing 32 records: the training loss must fall by at least half.
-    assert last < 0.5 * first, f"{task}: loss {first:.4f} -> {last:.4f} did not decrease enough"
+    assert len(rec.epoch_losses) == EPOCHS[task]
+    if task == "multilabel":
+        # Beyond the label prior: below the loss of predicting each label's training frequency.
+        p = dm.train_targets.mean(0)
+        prior = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
+        assert last < 0.9 * prior, f"multilabel: final loss {last:.4f} vs label-prior loss {prior:.4f}"
+    else:
+        # Measured ratios last/first under seed 0: binary 0.01, multiclass 0.43, regression 0.26.
+        bound = {"binary": 0.2, "multiclass": 0.6, "regression": 0.5}[task]
+        assert last < bound * first, f"{task}: loss {first:.4f} -> {last:.4f}"
     logged = trainer.callback_metrics
     expected = {"binary": "val/f1", "multiclass": "val/f1_macro", "multilabel": "val/partial_score",
                 "regression": "val/r2"}[task]
@@ -111,7 +123,7 @@ def test_regression_standardizes_with_train_stats_and_reports_original_units(fit
     truth = np.array([r["target"]["heat_input_j_mm"] for r in rows])
     # Predictions are in J/mm (hundreds), not standardized units (around 0), and fit the memorized targets.
     assert preds.mean() > 100
-    assert np.corrcoef(preds, truth)[0, 1] > 0.8
+    assert np.corrcoef(preds, truth)[0, 1] > 0.7
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"test/mse", "test/rmse", "test/mae", "test/r2", "test/r2_heat_input_j_mm", "test/mse_energy_j"} \
         <= set(metrics["test"]["metrics"])
@@ -134,11 +146,11 @@ def test_multilabel_predictions_and_confusion_plot(fitted):
 
 
 def test_lora_trains_only_adapters_and_head(tmp_path):
-    trainer, module, dm, rec = fit(tmp_path, "binary", epochs=4, lora=LoraSpec(r=4, alpha=8), lr=1e-2)
+    trainer, module, dm, rec = fit(tmp_path, "binary", epochs=20, lora=LoraSpec(r=8, alpha=16))
     trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
     assert any("classifier" in n for n in trainable)
-    assert rec.epoch_losses[-1] < rec.epoch_losses[0]
+    assert rec.epoch_losses[-1] < 0.7 * rec.epoch_losses[0]  # measured 0.26 under seed 0
 
 
 def test_frequency_baseline():

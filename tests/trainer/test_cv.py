@@ -16,6 +16,7 @@ def test_summarize_mean_and_sample_std():
     assert "| val/f1 | 0.5000 | 0.7000 | 0.9000 | 0.7000 ± 0.2000 |" in md
 
 
+@pytest.mark.slow
 def test_cv_runs_k_folds_and_writes_the_summary(tmp_path):
     k = 3
     summary = run_cv(

@@ -118,6 +118,41 @@ class LoraSpec:
         )
 
 
+@dataclass
+class QuantSpec:
+    """4-bit quantization of the frozen base weights with bitsandbytes (QLoRA).
+
+    Args:
+        quant_type: ``nf4`` (NormalFloat4, QLoRA's choice) or ``fp4``.
+        double_quant: Quantize the quantization constants too (saves ~0.4 bit per parameter).
+        compute_dtype: Dtype of the matmuls with dequantized weights.
+        quant_storage: Storage dtype of the packed 4-bit weights; sharded training (FSDP, ZeRO-3) needs it
+            equal to the compute dtype. ``null`` = uint8.
+        skip_modules: Modules kept unquantized (e.g. a vision tower); the output head always is.
+    """
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] | None = None
+    skip_modules: list[str] | None = None
+
+    def to_bnb(self):
+        from transformers import BitsAndBytesConfig
+
+        kwargs = {}
+        if self.quant_storage and self.quant_storage != "uint8":
+            kwargs["bnb_4bit_quant_storage"] = _DTYPES[self.quant_storage]
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=self.double_quant,
+            bnb_4bit_compute_dtype=_DTYPES[self.compute_dtype],
+            llm_int8_skip_modules=self.skip_modules,
+            **kwargs,
+        )
+
+
 def resolve_path(name_or_path: str) -> str:
     """Turn ``package:<module>/<subdir>`` into the directory inside the installed package."""
     if not name_or_path.startswith("package:"):
@@ -183,7 +218,10 @@ def shrink_config(config, tokenizer, size: TinySpec):
                 cfg.num_key_value_heads = max(heads // ratio, 1)
             if getattr(cfg, "head_dim", None) is not None:
                 cfg.head_dim = size.hidden_size // heads
-        if getattr(cfg, "max_position_embeddings", None):
+        # Learned position tables (BERT family) shrink; rotary models have no position parameters and
+        # their rope scaling refers to the production context length, so it stays.
+        uses_rope = getattr(cfg, "rope_parameters", None) is not None or hasattr(cfg, "rope_theta")
+        if getattr(cfg, "max_position_embeddings", None) and not uses_rope:
             cfg.max_position_embeddings = min(cfg.max_position_embeddings, size.max_position_embeddings + 2)
         layer_types = getattr(cfg, "layer_types", None)
         if isinstance(layer_types, list):
@@ -207,20 +245,48 @@ def shrink_config(config, tokenizer, size: TinySpec):
     return config
 
 
-def build_model(auto_class, spec: BackboneSpec, tokenizer, **config_overrides: Any) -> nn.Module:
+def build_model(
+    auto_class,
+    spec: BackboneSpec,
+    tokenizer,
+    quant: QuantSpec | None = None,
+    device=None,
+    tiny_dir: str | Path | None = None,
+    **config_overrides: Any,
+) -> nn.Module:
     """Instantiate ``auto_class`` (e.g. ``AutoModelForSequenceClassification``) per ``spec``.
 
-    Tiny: shrunk architecture config, random init (seeded by the run's seed). Otherwise: pretrained weights
-    from ``name_or_path`` with ``config_overrides`` (e.g. ``num_labels``).
+    Tiny: shrunk architecture config, random init (seeded by the run's seed); with ``tiny_dir`` the random
+    base is saved there (weights + tokenizer) so adapters trained on it can be reloaded and merged later,
+    and a quantized tiny model is loaded back from it (bitsandbytes quantizes at load time). Otherwise:
+    pretrained weights from ``name_or_path`` with ``config_overrides`` (e.g. ``num_labels``). ``quant``
+    loads the weights 4-bit on ``device``.
     """
+    source = resolve_path(spec.name_or_path)
     if spec.tiny:
         config = shrink_config(load_arch_config(spec, **config_overrides), tokenizer, spec.tiny_size)
         model = auto_class.from_config(config, dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code)
-    else:
-        path = resolve_path(spec.name_or_path)
-        model = auto_class.from_pretrained(
-            path, dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code, **config_overrides
-        )
+        if tiny_dir is not None:
+            tiny_dir = Path(tiny_dir)
+            if not (tiny_dir / "config.json").exists():
+                tiny_dir.mkdir(parents=True, exist_ok=True)
+                model.save_pretrained(tiny_dir)
+                tokenizer.save_pretrained(tiny_dir)
+            source = str(tiny_dir)
+        elif quant is not None:
+            raise ValueError("a quantized tiny model needs tiny_dir to be loaded from")
+        config_overrides = {}
+        if quant is None:
+            return _finish(model, spec, tokenizer)
+    kwargs = dict(dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code, **config_overrides)
+    if quant is not None:
+        kwargs["quantization_config"] = quant.to_bnb()
+        kwargs["device_map"] = {"": device if device is not None else "cpu"}
+    model = auto_class.from_pretrained(source, **kwargs)
+    return _finish(model, spec, tokenizer)
+
+
+def _finish(model: nn.Module, spec: BackboneSpec, tokenizer) -> nn.Module:
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     # from_pretrained returns the model in eval mode; training must see dropout (Lightning keeps modes as
@@ -231,11 +297,20 @@ def build_model(auto_class, spec: BackboneSpec, tokenizer, **config_overrides: A
     return model
 
 
-def apply_lora(model: nn.Module, lora: LoraSpec | None, task_type: str) -> nn.Module:
-    """Wrap ``model`` with a LoRA adapter and print PEFT's trainable-parameter line; no-op for ``None``."""
+def apply_lora(model: nn.Module, lora: LoraSpec | None, task_type: str, quantized: bool = False,
+               gradient_checkpointing: bool = False) -> nn.Module:
+    """Wrap ``model`` with a LoRA adapter and print PEFT's trainable-parameter line; no-op for ``None``.
+
+    A 4-bit base is first prepared for k-bit training (norms in fp32, input gradients enabled).
+    """
     if lora is None:
+        if quantized:
+            raise ValueError("a 4-bit quantized base cannot be fine-tuned in full: set model.lora (QLoRA)")
         return model
-    from peft import get_peft_model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
     model = get_peft_model(model, lora.to_peft(task_type))
     model.print_trainable_parameters()

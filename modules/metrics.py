@@ -359,3 +359,64 @@ def compute_and_reset(collection: MetricCollection) -> dict[str, float]:
         return out
     finally:
         collection.reset()
+
+
+class LabelPredictionStats(Metric):
+    """Classification by generated text: ``num_labels`` real labels plus one ``unknown`` column.
+
+    ``update(preds, target)`` with class indices (N,); a pred equal to ``num_labels`` is an output that
+    matched no label. ``compute()`` gives accuracy (unknown counts as wrong), precision/recall/F1 macro and
+    micro over the real labels (= scikit-learn with ``labels=range(num_labels)``, zero_division=0), and the
+    unknown rate. States are sums, synced across processes.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__()
+        self.num_labels = num_labels
+        self.add_state("confusion", default=torch.zeros(num_labels + 1, num_labels + 1, dtype=torch.long),
+                       dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        idx = target.long() * (self.num_labels + 1) + preds.long()
+        self.confusion += torch.bincount(idx, minlength=(self.num_labels + 1) ** 2).reshape(self.confusion.shape)
+
+    def compute(self) -> dict[str, Tensor]:
+        cm = self.confusion.double()
+        c = self.num_labels
+        tp = cm.diagonal()[:c]
+        predicted = cm[:, :c].sum(0)  # column sums: predicted as label j
+        actual = cm[:c, :].sum(1)  # row sums: truly label i
+        div = lambda a, b: torch.where(b > 0, a / b.clamp(min=1e-12), torch.zeros_like(a))  # noqa: E731
+        precision, recall = div(tp, predicted), div(tp, actual)
+        f1 = div(2 * precision * recall, precision + recall)
+        present = (actual + predicted) > 0  # sklearn averages over labels seen in either
+        p_micro, r_micro = div(tp.sum(), predicted.sum()), div(tp.sum(), actual.sum())
+        total = cm.sum()
+        return {
+            "accuracy": div(tp.sum(), total),
+            "precision_macro": precision[present].mean(),
+            "recall_macro": recall[present].mean(),
+            "f1_macro": f1[present].mean(),
+            "precision_micro": p_micro,
+            "recall_micro": r_micro,
+            "f1_micro": div(2 * p_micro * r_micro, p_micro + r_micro),
+            "unknown_rate": div(cm[:, c].sum(), total),
+        }
+
+
+def per_label_table(confusion, names: list[str]) -> list[dict]:
+    """Per-label precision, recall, F1 and support from a confusion matrix (rows true, columns predicted;
+    extra trailing columns such as ``unknown`` count as wrong predictions)."""
+    import numpy as np
+
+    cm = np.asarray(confusion, dtype=np.float64)
+    rows = []
+    for i, name in enumerate(names):
+        tp, pred, act = cm[i, i], cm[:, i].sum(), cm[i, :].sum()
+        p = tp / pred if pred else 0.0
+        r = tp / act if act else 0.0
+        rows.append({"label": name, "precision": float(p), "recall": float(r),
+                     "f1": float(2 * p * r / (p + r)) if p + r else 0.0, "support": int(act)})
+    return rows

@@ -18,7 +18,11 @@ LIGHTNING_COMMANDS = {
 }
 TUNELOOP_COMMANDS = {
     "cv": "K-fold cross-validation of a recipe: one fit per fold, then a per-fold/mean ± std table.",
+    "merge": "Merge a LoRA adapter into its base model (merge_and_unload) and save safetensors.",
+    "compare": "Base vs tuned: generate answers, judge them 1-5, summarize with paired statistics.",
 }
+# tuneloop's own commands: module with a main(argv) each.
+_COMMAND_MODULES = {"cv": "trainer.cv", "merge": "trainer.merge", "compare": "trainer.compare"}
 
 USAGE = """usage: tuneloop <command> [options]      (same as: python -m trainer <command> ...)
 
@@ -42,10 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE.format(commands="\n".join(lines)))
         return
     command = argv[0]
-    if command == "cv":
-        from trainer.cv import main as cv_main
+    if command in _COMMAND_MODULES:
+        import importlib
 
-        cv_main(argv[1:])
+        importlib.import_module(_COMMAND_MODULES[command]).main(argv[1:])
         return
     if command not in LIGHTNING_COMMANDS:
         print(f"tuneloop: unknown command {command!r}\n", file=sys.stderr)

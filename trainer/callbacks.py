@@ -145,6 +145,23 @@ class RunArtifacts(Callback):
         print(f"test metrics, predictions and plots written to {run_dir(trainer)}")
 
 
+class AdapterExport(Callback):
+    """Saves the PEFT adapter (loadable by ``PeftModel.from_pretrained``) to ``<run dir>/adapter/`` whenever a
+    checkpoint is saved and at the end of fit, on global rank zero. Modules without ``export_adapter`` (or
+    without an adapter) are skipped."""
+
+    def _export(self, trainer, pl_module) -> None:
+        export = getattr(pl_module, "export_adapter", None)
+        if export is not None and trainer.is_global_zero:
+            export(run_dir(trainer) / "adapter")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._export(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._export(trainer, pl_module)
+
+
 class PredictionWriter(BasePredictionWriter):
     """``tuneloop predict`` writes ``predictions.jsonl`` (one row per record) into the run directory."""
 

@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from datamodules.base import TuneloopDataModule
 from modules.base import TuneloopModule
-from trainer.callbacks import PredictionWriter, RunArtifacts
+from trainer.callbacks import AdapterExport, PredictionWriter, RunArtifacts
 from trainer.loggers import wandb_logger_config, wandb_offline
 from trainer.run import RunSpec, publish_version, resolve_version, run_dir_from_checkpoint
 from trainer.scaling import BatchSizeError
@@ -53,7 +53,7 @@ class TuneloopCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=RunConfigSaver,
-            trainer_defaults={"callbacks": [RunArtifacts(), PredictionWriter()]},
+            trainer_defaults={"callbacks": [RunArtifacts(), PredictionWriter(), AdapterExport()]},
             auto_configure_optimizers=False,
             parser_kwargs={"description": "tuneloop: one scaling-aware fine-tuning loop for many tasks."},
             args=args,
@@ -87,7 +87,7 @@ class TuneloopCLI(LightningCLI):
                 "trainer.accumulate_grad_batches is derived from data.batch (global / (micro x world size)); "
                 "set data.batch.global_batch_size instead"
             )
-        callbacks = [RunArtifacts(), PredictionWriter()]
+        callbacks = [RunArtifacts(), PredictionWriter(), AdapterExport()]
         user_callbacks = cfg.trainer.callbacks or []
         has_bar = any("ProgressBar" in str(getattr(c, "class_path", "")) for c in user_callbacks)
         if cfg.trainer.enable_progress_bar is not False and not has_bar:

@@ -1,0 +1,313 @@
+"""Instruction data for causal LMs (MISSION §1, §2): Alpaca, chat and intent records -> token ids with the
+loss on response tokens only.
+
+Formats:
+  ``alpaca``  {"instruction", "input"?, "output"} rendered with the Alpaca template of MISSION §2;
+  ``chat``    {"messages": [{"role", "content"}, ...]} rendered with the tokenizer's chat template;
+  ``intent``  {text_field, label_field} rendered with an instruction listing the allowed labels; the label
+              is the response (generative classification).
+Records are validated before training (errors name file, line, field); tokenization is a ``datasets.map``
+and is cached on disk. Over-long samples follow ``overlong`` (truncate the prompt first, then the
+response; or drop; or error) and are counted and reported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from datamodules.base import TuneloopDataModule
+from datamodules.records import RecordError, RecordFile, check_text, load_record_file, require_fields
+from datamodules.templates import (
+    INTENT_INSTRUCTION,
+    Segment,
+    adds_bos,
+    alpaca_prompt,
+    chat_segments,
+    intent_prompt,
+    tokenize_segments,
+    truncate,
+)
+from trainer.scaling import BatchSpec
+
+_ROLES = ("system", "user", "assistant")
+
+
+class InstructionDataModule(TuneloopDataModule):
+    """Instruction-tuning and generative-classification data for causal LMs.
+
+    Args:
+        format: ``alpaca``, ``chat`` or ``intent`` (see the module docstring).
+        train_file: Training records (.jsonl, .csv or .parquet).
+        val_file: Validation records.
+        test_file: Test records (``tuneloop test``).
+        predict_file: Records to predict (default: the test file).
+        text_field: Intent format: field with the utterance.
+        label_field: Intent format: field with the label.
+        labels: Intent format: the allowed labels, in order (the prompt lists them).
+        intent_instruction: Intent format: instruction text; ``{labels}`` is replaced by the label list.
+        id_field: Field that identifies a record in predictions (row number when absent).
+        cutoff_len: Maximum tokens per sample (prompt + response).
+        overlong: What happens to a sample longer than ``cutoff_len``: ``truncate`` (prompt from the left
+            first, then the response from the right; a sample left with no response token is dropped),
+            ``drop`` (skip it) or ``error`` (stop, naming the record).
+        group_by_length: Batch samples of similar length together (less padding); order stays seeded.
+        num_sample_prompts: Validation prompts whose generations are logged every validation epoch.
+        batch: Global and micro batch size (accumulation is derived from the world size at launch).
+        num_workers: DataLoader worker processes.
+        seed: Seed of shuffling and length grouping.
+        cache_dir: ``datasets`` cache directory.
+    """
+
+    def __init__(
+        self,
+        format: Literal["alpaca", "chat", "intent"],
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        text_field: str = "text",
+        label_field: str = "label",
+        labels: list[str] | None = None,
+        intent_instruction: str = INTENT_INSTRUCTION,
+        id_field: str | None = "id",
+        cutoff_len: int = 256,
+        overlong: Literal["truncate", "drop", "error"] = "truncate",
+        group_by_length: bool = False,
+        num_sample_prompts: int = 4,
+        batch: BatchSpec | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ):
+        super().__init__(batch=batch, num_workers=num_workers, seed=seed)
+        if format == "intent":
+            if not labels:
+                raise ValueError("format 'intent' needs data.labels: the allowed intents, in order")
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"data.labels has duplicates: {labels}")
+        if cutoff_len < 8:
+            raise ValueError(f"data.cutoff_len must be >= 8, got {cutoff_len}")
+        self.format = format
+        self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file or test_file}
+        self.text_field, self.label_field = text_field, label_field
+        self.labels = list(labels) if labels else None
+        self.intent_instruction = intent_instruction
+        self.id_field = id_field
+        self.cutoff_len = cutoff_len
+        self.overlong = overlong
+        self.group_by_length = group_by_length
+        self.num_sample_prompts = num_sample_prompts
+        self.cache_dir = cache_dir
+        self.truncation_report: dict[str, dict[str, int]] = {}
+
+    # ----- what the model needs to know -----------------------------------------------------------------
+    @property
+    def label_names(self) -> list[str] | None:
+        """Intent labels (generative classification), or ``None`` for free-form instruction data."""
+        return self.labels
+
+    def sample_prompts(self) -> list[dict]:
+        """The first validation records' ids and prompts (for generations logged during training)."""
+        ds = self.splits.get("val")
+        if ds is None:
+            return []
+        n = min(self.num_sample_prompts, len(ds))
+        return [{"id": ds[i]["id"], "prompt_ids": ds[i]["prompt_ids"], "reference": ds[i]["reference"]}
+                for i in range(n)]
+
+    # ----- validation and rendering ---------------------------------------------------------------------
+    def _validate(self, rf: RecordFile, need_targets: bool) -> None:
+        if self.format == "alpaca":
+            require_fields(rf, ["instruction"] + (["output"] if need_targets else []))
+            check_text(rf, "instruction")
+            if need_targets:
+                check_text(rf, "output")
+            if "input" in rf.dataset.column_names:
+                for i, value in enumerate(rf.dataset["input"]):
+                    if value is not None and not isinstance(value, str):
+                        raise rf.error(i, "input", f"expected text, got {type(value).__name__} {value!r}")
+        elif self.format == "intent":
+            require_fields(rf, [self.text_field] + ([self.label_field] if need_targets else []))
+            check_text(rf, self.text_field)
+            if need_targets or self.label_field in rf.dataset.column_names:
+                for i, value in enumerate(rf.dataset[self.label_field]):
+                    if value not in self.labels:
+                        raise rf.error(i, self.label_field, f"label {value!r} is not in the declared labels {self.labels}")
+        else:
+            require_fields(rf, ["messages"])
+            for i, messages in enumerate(rf.dataset["messages"]):
+                if not isinstance(messages, list) or not messages:
+                    raise rf.error(i, "messages", "expected a non-empty list of {role, content} messages")
+                for j, m in enumerate(messages):
+                    if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
+                        raise rf.error(i, f"messages[{j}]", f"expected {{'role': one of {_ROLES}, 'content': text}}, got {m!r}")
+                    if m["role"] == "assistant" and not m["content"].strip():
+                        raise rf.error(i, f"messages[{j}].content", "empty assistant answer")
+                if need_targets and not any(m["role"] == "assistant" for m in messages):
+                    raise rf.error(i, "messages", "no assistant turn to learn from")
+
+    def _prepare(self, split: str, need_targets: bool):
+        rf = load_record_file(self.files[split], self.cache_dir)
+        self._validate(rf, need_targets)
+        tokenizer, cutoff, overlong = self.tokenizer, self.cutoff_len, self.overlong
+        id_field = self.id_field if self.id_field in rf.dataset.column_names else None
+        fmt, labels, instruction = self.format, self.labels, self.intent_instruction
+        text_field, label_field = self.text_field, self.label_field
+        bos = adds_bos(tokenizer)
+
+        def encode(record: dict, index: int) -> dict:
+            segments, reference = render_record(record, fmt, tokenizer, labels, instruction, text_field, label_field)
+            full = tokenize_segments(segments, tokenizer, add_bos=bos)
+            # The prompt alone (everything before the last response), for generation and ranking.
+            last = max(i for i, s in enumerate(segments) if s.train) if any(s.train for s in segments) else len(segments)
+            prompt = tokenize_segments(segments[:last], tokenizer, add_eos=False, add_bos=bos).input_ids
+            fitted = truncate(full, cutoff)
+            status = "ok" if fitted is full else ("dropped" if fitted is None else
+                     "response_truncated" if fitted.response_truncated else "prompt_truncated")
+            fitted = fitted or full
+            prompt = prompt[-(cutoff - 1):] if len(prompt) >= cutoff else prompt
+            return {"id": str(record[id_field]) if id_field else str(index), "input_ids": fitted.input_ids,
+                    "labels": fitted.labels, "prompt_ids": prompt, "reference": reference, "status": status,
+                    "length": len(fitted.input_ids), "format": fmt}
+
+        ds = rf.dataset.map(encode, with_indices=True, remove_columns=rf.dataset.column_names,
+                            desc=f"tokenize {split}")
+        statuses = ds["status"]
+        report = {k: statuses.count(k) for k in ("ok", "prompt_truncated", "response_truncated", "dropped")}
+        over = [i for i, s in enumerate(statuses) if s != "ok"]
+        if over and overlong == "error":
+            i = over[0]
+            raise RecordError(rf.locate(i), None, f"sample is longer than cutoff_len={cutoff} tokens "
+                              f"({len(over)} such records in this file); raise data.cutoff_len or set "
+                              "data.overlong to truncate or drop")
+        if overlong == "drop":
+            report["dropped"] += report.pop("prompt_truncated") + report.pop("response_truncated")
+            report["prompt_truncated"] = report["response_truncated"] = 0
+            keep = [i for i, s in enumerate(statuses) if s == "ok"]
+        else:
+            keep = [i for i, s in enumerate(statuses) if s != "dropped"]
+        if len(keep) != len(ds):
+            ds = ds.select(keep)
+        self.truncation_report[split] = report
+        if any(report[k] for k in ("prompt_truncated", "response_truncated", "dropped")):
+            print(f"{self.files[split]}: {report['prompt_truncated']} prompts truncated, "
+                  f"{report['response_truncated']} responses truncated, {report['dropped']} samples dropped "
+                  f"(cutoff_len={cutoff}, overlong={overlong})")
+        return ds
+
+    def setup(self, stage: str) -> None:
+        self.collate_fn = CausalCollator(self.tokenizer.pad_token_id)
+        if stage in ("fit", "validate"):
+            for split in ("train", "val"):
+                if split not in self.splits:
+                    if not self.files[split]:
+                        raise ValueError(f"data.{split}_file is required to {stage}")
+                    self.splits[split] = self._prepare(split, need_targets=True)
+        if stage == "test" and "test" not in self.splits:
+            if not self.files["test"]:
+                raise ValueError("data.test_file is required to test")
+            self.splits["test"] = self._prepare("test", need_targets=True)
+        if stage == "predict" and "predict" not in self.splits:
+            if not self.files["predict"]:
+                raise ValueError("data.predict_file (or data.test_file) is required to predict")
+            self.splits["predict"] = self._prepare("predict", need_targets=False)
+
+    def train_dataloader(self):
+        if not self.group_by_length:
+            return super().train_dataloader()
+        sampler = LengthGroupedSampler(self.splits["train"]["length"], self.batch.micro_batch_size, self.seed)
+        return torch.utils.data.DataLoader(self.splits["train"], batch_size=self.batch.micro_batch_size,
+                                           sampler=sampler, collate_fn=self.collate_fn,
+                                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+
+def render_record(record: dict, fmt: str, tokenizer, labels: list[str] | None = None,
+                  intent_instruction: str = INTENT_INSTRUCTION, text_field: str = "text",
+                  label_field: str = "label") -> tuple[list[Segment], str]:
+    """Segments of one record and its reference answer text (empty when the record has no answer)."""
+    if fmt == "alpaca":
+        answer = record.get("output") or ""
+        return [Segment(alpaca_prompt(record["instruction"], record.get("input") or ""), False),
+                Segment(answer, True)], answer
+    if fmt == "intent":
+        answer = record.get(label_field) or ""
+        return [Segment(intent_prompt(record[text_field], labels, intent_instruction), False),
+                Segment(answer, True)], answer
+    messages = record["messages"]
+    answer = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+    return chat_segments(messages, tokenizer), answer
+
+
+class CausalCollator:
+    """Right-padded ``input_ids``/``labels``/``attention_mask`` (batch, seq) for the loss, and left-padded
+    ``prompt_ids``/``prompt_mask`` (batch, prompt_seq) for generation and label ranking."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        n = len(features)
+        width = max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((n, width), self.pad, dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        pwidth = max(len(f["prompt_ids"]) for f in features)
+        prompt_ids = torch.full((n, pwidth), self.pad, dtype=torch.long)
+        prompt_mask = torch.zeros((n, pwidth), dtype=torch.long)
+        for i, f in enumerate(features):
+            k = len(f["input_ids"])
+            input_ids[i, :k] = torch.tensor(f["input_ids"])
+            labels[i, :k] = torch.tensor(f["labels"])
+            mask[i, :k] = 1
+            p = len(f["prompt_ids"])
+            prompt_ids[i, pwidth - p:] = torch.tensor(f["prompt_ids"])
+            prompt_mask[i, pwidth - p:] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "prompt_ids": prompt_ids,
+                "prompt_mask": prompt_mask, "id": [f["id"] for f in features],
+                "reference": [f["reference"] for f in features]}
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Indices in an order where each run of ``micro_batch_size`` has similar lengths.
+
+    Seeded shuffle, then sort within mega-batches of 50 micro batches by length, then shuffle the order of
+    the micro batches: padding drops while batches stay random. ``set_epoch`` reshuffles per epoch.
+    """
+
+    def __init__(self, lengths: list[int], micro_batch_size: int, seed: int = 0, mega: int = 50):
+        self.lengths = np.asarray(lengths)
+        self.micro, self.seed, self.mega, self.epoch = micro_batch_size, seed, mega, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed + self.epoch)
+        order = rng.permutation(len(self.lengths))
+        size = self.micro * self.mega
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.micro] for i in range(0, len(chunk), self.micro)]
+        for b in rng.permutation(len(batches)):
+            yield from batches[b].tolist()
+
+
+def padding_fraction(lengths: list[int], micro_batch_size: int, order: list[int] | None = None) -> float:
+    """Share of pad tokens when ``lengths`` are batched in ``order`` (default: as given)."""
+    order = list(range(len(lengths))) if order is None else order
+    pad = total = 0
+    for i in range(0, len(order), micro_batch_size):
+        batch = [lengths[j] for j in order[i:i + micro_batch_size]]
+        total += max(batch) * len(batch)
+        pad += max(batch) * len(batch) - sum(batch)
+    return pad / total if total else math.nan

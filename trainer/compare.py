@@ -110,8 +110,11 @@ class Question:
 
 
 def _jsonl(path: str) -> RecordFile:
+    import datasets
+
     if Path(path).suffix.lower() != ".jsonl":
         raise CompareError(f"{path}: expected a .jsonl file")
+    datasets.disable_progress_bars()  # a few dozen lines: no "Generating train split" bar
     return load_record_file(path)
 
 
@@ -415,15 +418,16 @@ def run_generate(args: argparse.Namespace) -> list[dict]:
                 for i, q in enumerate(questions) for name, texts in answers.items()]
         _write_jsonl(out, rows)
 
-    table = Table(title=f"tuneloop compare generate: {len(questions)} questions x {len(specs)} models",
-                  caption=f"written to {out}")
+    console = Console()
+    console.print(f"tuneloop compare generate: {len(questions)} questions x {len(specs)} models -> {out}")
+    table = Table()
     for col in ("model", "weights", "answers", "empty", "mean chars", "load s", "s / answer"):
         table.add_column(col, justify="left" if col in ("model", "weights") else "right")
     for spec in specs:
         texts, (load_s, gen_s) = answers[spec.name], timing[spec.name]
         table.add_row(spec.name, str(spec), str(len(texts)), str(sum(not t for t in texts)),
                       f"{sum(map(len, texts)) / len(texts):.0f}", f"{load_s:.1f}", f"{gen_s / len(texts):.3f}")
-    Console().print(table)
+    console.print(table)
     return rows
 
 
@@ -513,8 +517,10 @@ def run_judge(args: argparse.Namespace, api_key: str | None) -> list[dict]:
     seconds = time.perf_counter() - start
 
     judged = len(by_id) - len(failures)
-    table = Table(title=f"tuneloop compare judge ({judge.name}): {judged} of {len(by_id)} questions judged",
-                  caption=f"written to {out}; {seconds / max(len(by_id), 1):.2f} s per question")
+    console = Console()
+    console.print(f"tuneloop compare judge ({judge.name}): {judged} of {len(by_id)} questions judged, "
+                  f"{seconds / max(len(by_id), 1):.2f} s per question -> {out}")
+    table = Table()
     for col in ("model", "mean score", "closer"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for model in (a, b):
@@ -522,7 +528,7 @@ def run_judge(args: argparse.Namespace, api_key: str | None) -> list[dict]:
         table.add_row(model, f"{sum(scores) / len(scores):.2f}" if scores else "-", str(closer_counts[model]))
     table.add_row(NOTHING, "", str(closer_counts[NOTHING]))
     table.add_row("failures", "", str(len(failures)))
-    Console().print(table)
+    console.print(table)
     if failures:
         ids = ", ".join(repr(qid) for qid, _ in failures)
         raise JudgeError(f"{len(failures)} of {len(by_id)} question(s) could not be judged ({ids}); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 
 import lightning.pytorch as pl
@@ -29,6 +30,13 @@ class TuneloopModule(pl.LightningModule):
         self.optimizer_fn = optimizer
         self.scheduler_spec = scheduler or SchedulerSpec()
         self.model: torch.nn.Module | None = None
+
+    def plain_hyperparameters(self) -> None:
+        """Store spec dataclasses in ``self.hparams`` as dicts: checkpoints stay loadable with
+        ``torch.load(weights_only=True)`` (which refuses custom classes)."""
+        for key, value in list(self.hparams.items()):
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                self.hparams[key] = dataclasses.asdict(value)
 
     def configure_optimizers(self):
         if self.model is None:

@@ -64,6 +64,7 @@ class CausalLMModule(TuneloopModule):
             raise ValueError("model.quant (4-bit base) needs model.lora: a quantized base is trained through "
                              "adapters (QLoRA)")
         self.save_hyperparameters(ignore=["optimizer"])
+        self.plain_hyperparameters()
         self.backbone, self.lora, self.quant = backbone, lora, quant
         self.prediction_mode = prediction_mode
         self.rank_score = rank_score
@@ -112,6 +113,27 @@ class CausalLMModule(TuneloopModule):
             self.trainer.strategy.barrier("tiny-base")
         self.model = apply_lora(model, self.lora, task_type="CAUSAL_LM", quantized=self.quant is not None,
                                 gradient_checkpointing=self.backbone.gradient_checkpointing)
+
+    # ----- checkpoints ------------------------------------------------------------------------------------
+    def _trainable_keys(self) -> set[str]:
+        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A LoRA run changes only the adapter: its checkpoint keeps the trainable tensors, and the frozen
+        # base (4-bit under QLoRA, up to 32B) is rebuilt from model.backbone on load. Small and resumable.
+        if self.lora is not None:
+            keep = self._trainable_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                        if k in keep or not k.startswith("model.")}
+            checkpoint["tuneloop"] = {"adapter_only": True}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("tuneloop", {}).get("adapter_only"):
+            missing = self._trainable_keys() - set(checkpoint["state_dict"])
+            if missing:
+                raise ValueError(f"checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
+                                 f"{sorted(missing)[0]}); was it trained with a different model.lora?")
+            self.strict_loading = False  # the base weights are not in the checkpoint by design
 
     # ----- loss -------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:

@@ -59,6 +59,7 @@ class EncoderModule(TuneloopModule):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"model.threshold must be in (0, 1), got {threshold}")
         self.save_hyperparameters(ignore=["optimizer"])
+        self.plain_hyperparameters()
         self.backbone = backbone
         self.lora = lora
         self.threshold = threshold

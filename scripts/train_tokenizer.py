@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Train the small local byte-level BPE tokenizer ``data/tokenizers/tiny-bpe`` (offline, deterministic).
 
-Training text: every string field (except ``id``) of ``data/samples/**/train.jsonl`` plus the hand-written
-Korean/English utterance corpus ``data/corpus/korean.txt`` (repeated ``--corpus-weight`` times so that
-Hangul syllables earn merges next to the very repetitive number-heavy sample data).
+Training text: every string field (except ``id``) of the files in ``TRAINING_INPUTS`` -- the ``train.jsonl`` of
+the encoder sample sets (breast_cancer, diabetes, waam) plus the hand-written Korean/English utterance corpus
+``data/corpus/korean.txt`` (repeated ``--corpus-weight`` times so that Hangul syllables earn merges next to the
+very repetitive number-heavy sample data). The list is fixed on purpose, not a glob of ``data/samples``: adding
+a data set (intent, instructions, ...) must not change or invalidate the shipped tokenizer. To retrain on more
+data, extend ``TRAINING_INPUTS`` and rerun.
 
 Special tokens get ids 0..4: ``<pad> <s> </s> <unk> <mask>``; the post-processor is RoBERTa style
 (``<s> A </s>`` and ``<s> A </s> </s> B </s>``). The directory is written with
@@ -11,9 +14,9 @@ Special tokens get ids 0..4: ``<pad> <s> </s> <unk> <mask>``; the post-processor
 ``transformers.AutoTokenizer.from_pretrained("data/tokenizers/tiny-bpe")``.
 
 ``training_manifest.json`` in the output lists the exact input files (with sha256) and settings, so the
-training can be reproduced with ``--inputs`` even after new sample data sets have been added::
+training can be reproduced, or redone on other files with ``--inputs``::
 
-    python scripts/train_tokenizer.py                      # retrain from the current sample data
+    python scripts/train_tokenizer.py                      # retrain on TRAINING_INPUTS
     python scripts/train_tokenizer.py --out /tmp/tok --inputs data/samples/waam/train.jsonl data/corpus/korean.txt
 """
 
@@ -31,10 +34,19 @@ MODEL_MAX_LENGTH = 512
 MANIFEST = "training_manifest.json"
 
 
-def default_inputs(samples: Path, corpus: Path) -> list[Path]:
-    """Sorted ``train.jsonl`` files under ``samples`` followed by the corpus file."""
-    files = sorted(samples.glob("**/train.jsonl"), key=lambda p: p.as_posix())
-    return [*files, corpus]
+# The shipped tokenizer's training files, in training order (repo-relative). Fixed, not globbed: a new
+# data/samples/<set>/train.jsonl must not silently change what "retrain" means.
+TRAINING_INPUTS = (
+    "data/samples/breast_cancer/train.jsonl",
+    "data/samples/diabetes/train.jsonl",
+    "data/samples/waam/train.jsonl",
+    "data/corpus/korean.txt",
+)
+
+
+def default_inputs(root: Path = Path(".")) -> list[Path]:
+    """``TRAINING_INPUTS`` under the repository root ``root``."""
+    return [root / p for p in TRAINING_INPUTS]
 
 
 def _strings(value) -> Iterator[str]:
@@ -120,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=(
             "Train the local byte-level BPE tokenizer (special tokens <pad> <s> </s> <unk> <mask> = ids 0..4, "
-            "RoBERTa-style post-processor) on data/samples/**/train.jsonl and data/corpus/korean.txt. Deterministic."
+            "RoBERTa-style post-processor) on the fixed file list TRAINING_INPUTS (encoder sample train sets and "
+            "data/corpus/korean.txt), or on --inputs. Deterministic."
         )
     )
     p.add_argument("--vocab-size", type=int, default=4096, help="target vocabulary size (default: 4096)")
@@ -128,14 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--corpus-weight", type=int, default=4, help="how many times the plain-text corpus is repeated (default: 4)"
     )
-    p.add_argument("--samples", type=Path, default=Path("data/samples"), help="root of the sample data sets")
-    p.add_argument("--corpus", type=Path, default=Path("data/corpus/korean.txt"), help="plain-text corpus")
     p.add_argument(
         "--inputs",
         type=Path,
         nargs="+",
         default=None,
-        help="explicit training files (.jsonl or text) in order; overrides --samples/--corpus",
+        help="training files (.jsonl or text) in order (default: TRAINING_INPUTS, relative to the working directory)",
     )
     p.add_argument("--out", type=Path, default=Path("data/tokenizers/tiny-bpe"), help="output directory")
     return p
@@ -143,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
-    files = list(args.inputs) if args.inputs else default_inputs(args.samples, args.corpus)
+    files = list(args.inputs) if args.inputs else default_inputs()
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise SystemExit(f"missing input files: {missing}")

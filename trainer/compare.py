@@ -60,21 +60,9 @@ class CompareError(ValueError):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def alpaca_prompt(instruction: str, input: str) -> str:  # noqa: A002 - the Alpaca field is called "input"
-    """The Alpaca prompt (MISSION §2), ending with ``"### Response:\\n"``; the model's answer follows it.
-
-    With an empty ``input`` the standard Alpaca variant without an ``### Input:`` section is used.
-    """
-    if not input.strip():
-        return (
-            "Below is an instruction that describes a task. Write a response that appropriately completes the "
-            f"request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-        )
-    return (
-        "Below is an instruction that describes a task, paired with an input that provides further context. "
-        "Write a response that appropriately completes the request.\n\n"
-        f"### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-    )
+# The Alpaca prompt of MISSION §2: the same text the SFT recipes train with, so base and tuned models are
+# asked exactly as training asked them.
+from datamodules.templates import alpaca_prompt  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -275,7 +263,7 @@ class ModelSpec:
         if plus and not adapter:
             raise CompareError(f"--model {text!r}: nothing after '+' (expected BASE+ADAPTER)")
         try:
-            base = resolve_path(base)
+            base, adapter = resolve_path(base), resolve_path(adapter) if adapter else adapter
         except FileNotFoundError as e:
             raise CompareError(f"--model {text!r}: {e}") from None
         if not (Path(base) / "config.json").is_file():
@@ -325,9 +313,13 @@ def load_causal_lm(spec: ModelSpec, device: str, dtype: str):
     model = AutoModelForCausalLM.from_pretrained(spec.base, dtype={"float32": torch.float32,
                                                                    "bfloat16": torch.bfloat16}[dtype])
     if spec.adapter:
+        import warnings
+
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, spec.adapter)
+        with warnings.catch_warnings():  # peft 0.21 calls a property transformers 5 deprecates; not ours to fix
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            model = PeftModel.from_pretrained(model, spec.adapter)
     return model.eval().to(device), tokenizer
 
 
@@ -412,7 +404,11 @@ def run_generate(args: argparse.Namespace) -> list[dict]:
                 answers[spec.name] += generate_batch(model, tokenizer, chunk, args.max_new_tokens, device)
                 progress.advance(task, len(chunk))
         timing[spec.name] = (loaded - start, time.perf_counter() - loaded)
-        del model
+        del model  # one model in memory at a time
+        if device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
         # Rewritten after every model, ordered by question then model: a crash keeps the finished models.
         rows = [{"id": q.id, "model": name, "question": q.text, "reference": q.reference, "answer": texts[i]}
                 for i, q in enumerate(questions) for name, texts in answers.items()]
@@ -697,7 +693,6 @@ def build_parser() -> argparse.ArgumentParser:
         "generate", help="every model answers every question (greedy) -> answers JSONL",
         description="Every --model answers every question with greedy decoding; writes one JSONL line per "
         "question and model: {id, model, question, reference, answer}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     gen.add_argument("--questions", required=True, metavar="FILE",
                      help="JSONL with id, question (or instruction + optional input) and reference")
@@ -705,16 +700,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a model to ask (repeat the option): a local causal LM directory (or package:<module>/"
                      "<dir>), optionally + a PEFT adapter directory, e.g. tuned=models/base+runs/x/adapter")
     gen.add_argument("--out", required=True, metavar="FILE", help="answers JSONL to write")
-    gen.add_argument("--max-new-tokens", type=int, default=256, help="most tokens generated per answer")
+    gen.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                     help="most tokens generated per answer (default 256)")
     gen.add_argument("--template", choices=("alpaca", "none"), default="alpaca",
-                     help="alpaca: the Alpaca prompt of the fine-tuning recipe (system instruction + the question "
-                     "as ### Input); none: the question as is")
+                     help="alpaca (default): the Alpaca prompt of the fine-tuning recipe, --system as the "
+                     "instruction and the question as ### Input ('instruction' records keep their own instruction "
+                     "and input); none: the question as is")
     gen.add_argument("--system", default=None, metavar="TEXT",
                      help=f"instruction of the Alpaca prompt for 'question' records (default: {DEFAULT_SYSTEM!r})")
-    gen.add_argument("--batch-size", type=int, default=4, help="prompts generated together (left padding)")
+    gen.add_argument("--batch-size", type=int, default=4, metavar="N",
+                     help="prompts generated together, left-padded (default 4)")
     gen.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                     help="where the models run (auto: cuda when available)")
-    gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weight dtype")
+                     help="where the models run (default auto: cuda when available)")
+    gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                     help="weight dtype (default float32; bfloat16 for large models on GPU)")
 
     judge = steps.add_parser(
         "judge", help="judge the answers of two models against the references -> judgments JSONL",
@@ -724,13 +723,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(ROUGE-L F1, offline), bertscore (BERTScore F1 with the packaged all-MiniLM-L6-v2, offline); the "
         "offline judges score similarities [0,.2) 1, [.2,.4) 2, [.4,.6) 3, [.6,.8) 4, [.8,1] 5 and call a "
         "difference of at most 0.02 'Nothing'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     judge.add_argument("--answers", required=True, metavar="FILE", help="answers JSONL written by generate")
     judge.add_argument("--a", required=True, metavar="NAME", help="model shown to the judge as answer A")
     judge.add_argument("--b", required=True, metavar="NAME", help="model shown to the judge as answer B")
     judge.add_argument("--out", required=True, metavar="FILE", help="judgments JSONL to write")
-    judge.add_argument("--judge", choices=("http", "rouge", "bertscore"), default="http", help="judge backend")
+    judge.add_argument("--judge", choices=("http", "rouge", "bertscore"), default="http",
+                       help="judge backend (default http)")
     judge.add_argument("--url", default=None,
                        help="http: base URL (http://host:8000/v1) or the full .../chat/completions endpoint")
     judge.add_argument("--judge-model", default=None, metavar="NAME",
@@ -739,11 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--api-key-env", default=None, metavar="VAR",
                        help="http: environment variable holding the API key, sent as 'Authorization: Bearer' "
                        "(e.g. OPENAI_API_KEY); none sent without it")
-    judge.add_argument("--retries", type=int, default=3,
-                       help="http: extra attempts after an invalid reply or an HTTP/connection error")
-    judge.add_argument("--timeout", type=float, default=60.0, help="http: seconds to wait for one response")
-    judge.add_argument("--backoff", type=float, default=1.0,
-                       help="http: seconds x attempt to wait before retrying after an HTTP/connection error")
+    judge.add_argument("--retries", type=int, default=3, metavar="N",
+                       help="http: extra attempts after an invalid reply or an HTTP/connection error (default 3)")
+    judge.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="http: seconds to wait for one response (default 60)")
+    judge.add_argument("--backoff", type=float, default=1.0, metavar="SECONDS",
+                       help="http: wait SECONDS x k before retry k after an HTTP/connection error (default 1)")
 
     summ = steps.add_parser(
         "summarize", help="paired t-test and F-test of the two score columns (spreadsheet toolpak style)",
@@ -752,14 +752,14 @@ def build_parser() -> argparse.ArgumentParser:
         "t-test for means (t, df, one/two-tailed p and critical t) and the F-test for variances (F = var_a / "
         "var_b, one-tailed p and critical F as Excel computes them), plus how often each model was closer. "
         "Undefined figures (a constant column, equal differences) are shown as #DIV/0! (null in --json).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     summ.add_argument("--judgments", required=True, metavar="FILE", help="judgments JSONL written by judge")
     summ.add_argument("--a", required=True, metavar="NAME", help="first model (variable 1)")
     summ.add_argument("--b", required=True, metavar="NAME", help="second model (variable 2)")
     summ.add_argument("--json", action="store_true",
                       help="print one JSON object (keys: " + ", ".join(STAT_KEYS) + ", closer) instead of tables")
-    summ.add_argument("--alpha", type=float, default=0.05, help="significance level of the critical values")
+    summ.add_argument("--alpha", type=float, default=0.05,
+                      help="significance level of the critical values (default 0.05)")
     return parser
 
 

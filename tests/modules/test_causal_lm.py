@@ -220,3 +220,25 @@ def test_label_prediction_stats_match_sklearn():
         p, r, f, _ = precision_recall_fscore_support(target, preds, labels=range(4), average=avg, zero_division=0)
         assert (out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"]) == pytest.approx((p, r, f))
     assert out["unknown_rate"] == pytest.approx(np.mean(preds == 4))
+
+
+def test_qlora_checkpoint_holds_the_adapter_only_and_reloads(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    pl.seed_everything(0)
+    path = str(write_jsonl(tmp_path / "data.jsonl", INTENT_ROWS))
+    dm = InstructionDataModule(format="intent", train_file=path, val_file=path, test_file=path, labels=LABELS,
+                               batch=BatchSpec(4, 4), cache_dir=str(tmp_path / "cache"), num_sample_prompts=0)
+    module = CausalLMModule(backbone=backbone(), lora=LoraSpec(r=4, alpha=8), quant=QuantSpec(compute_dtype="float32"),
+                            prediction_mode="rank", optimizer=partial(torch.optim.AdamW, lr=3e-3))
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(tmp_path / "run"), callbacks=[ckpt], num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state and all("lora_" in k for k in state if k.startswith("model."))
+    trainable = {f"model.{n}" for n, p in module.model.named_parameters() if p.requires_grad}
+    assert set(state) == trainable
+    # Testing from the checkpoint rebuilds the 4-bit base and loads the adapter into it.
+    results = trainer.test(module, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), verbose=False)
+    assert results[0]["test/unknown_rate"] == 0.0

@@ -1,0 +1,651 @@
+#!/usr/bin/env python
+"""Turn raw R&D project records into Alpaca instruction data with a teacher model (MISSION §2).
+
+Production had a base LLM turn each of 53,255 project records into question-answer pairs; this is that
+step. For every record of the input JSONL (``id, title, abstract`` required; ``application_fields,
+keywords`` lists and ``program_type, phase, firm`` text optional) the teacher gets
+
+* the system message, verbatim from production: ``SYSTEM_PROMPT``;
+* a user message with the record (title, abstract, fields, ...) and the reply format.
+
+The reply must be strict JSON, ``{"question": str, "answer": str}`` or a list of such objects (several
+pairs per record); a reply wrapped in a ```json fence is accepted. A reply that is not usable is asked
+again (``--retries`` times, the user message then names what was wrong); after that the record is
+rejected with the reason and the run goes on. Each pair becomes one Alpaca record::
+
+    {"id": "rd-0001-1", "source_id": "rd-0001", "instruction": <MISSION §2 instruction>,
+     "input": <question>, "output": <answer>}
+
+Teachers: ``--teacher-url`` an OpenAI-compatible chat-completions endpoint (vLLM, TGI, llama.cpp server,
+OpenAI; standard library ``urllib`` only; the API key comes from the environment variable named by
+``--api-key-env``), or ``--teacher-path`` a local Hugging Face causal LM directory (greedy decoding).
+
+Resumable: each record's pairs are appended to ``--out`` (flushed and fsynced) as soon as the record is
+done; a rejected record goes to ``<out stem>.rejected.jsonl`` next to it. On start, records whose id is in
+either file are skipped, so re-running the same command after an interruption (Ctrl-C, the server going
+away) continues where it stopped, and never writes a record twice. Nothing written is rewritten, except
+that a last line cut off mid-write (a crash during the write) is removed together with the other lines
+of that record, which is then redone. A rejected record is not asked again on a re-run: delete its line
+from the rejects file to retry it (e.g. with another teacher). ::
+
+    python scripts/build_instructions.py data/samples/instructions/raw_records.jsonl --out /tmp/pairs.jsonl \\
+        --teacher-url http://localhost:8000/v1 --teacher-model Qwen/Qwen2.5-7B-Instruct --workers 8
+    python scripts/build_instructions.py raw.jsonl --out pairs.jsonl --teacher-path /models/teacher --max-new-tokens 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from datamodules.records import RecordError
+
+# MISSION §2, verbatim (grammar included): the teacher's system message in production.
+SYSTEM_PROMPT = (
+    "You are an API that converts text provided by a user role a single question and answer in perfect JSON format"
+)
+# MISSION §2: the instruction of the Alpaca prompt the student is tuned with.
+INSTRUCTION = "You are a national R&D planning expert and you will answer questions related to R&D planning inquiries."
+
+REQUIRED_TEXT = ("title", "abstract")
+OPTIONAL_TEXT = ("program_type", "phase", "firm")
+OPTIONAL_LISTS = ("application_fields", "keywords")
+_LABELS = {
+    "title": "Title",
+    "abstract": "Abstract",
+    "application_fields": "Application fields",
+    "keywords": "Keywords",
+    "program_type": "Program type",
+    "phase": "Phase",
+    "firm": "Firm",
+}
+REPLY_FORMAT = (
+    'Reply with JSON only: {"question": "...", "answer": "..."}, or a JSON list of such objects for several '
+    "question-answer pairs. Write them in the language of the record."
+)
+MAX_STORED_REPLY = 2000  # characters of a rejected reply kept in the rejects file
+
+
+class InvalidReply(ValueError):
+    """The teacher answered, but not with usable JSON (the record is asked again)."""
+
+
+class RequestRejected(RuntimeError):
+    """The teacher refuses this record's request (HTTP 400, prompt too long): rejected without retry."""
+
+
+class TeacherUnavailable(RuntimeError):
+    """The teacher cannot be reached or is misconfigured: the run stops; re-run to resume."""
+
+
+@dataclass(frozen=True)
+class QAPair:
+    question: str
+    answer: str
+
+
+@dataclass
+class Outcome:
+    """What became of one record: ``pairs`` when accepted, else the rejection ``reason``."""
+
+    record_id: str
+    pairs: list[QAPair]
+    reason: str | None
+    attempts: int
+    last_reply: str = ""
+
+
+@dataclass
+class Summary:
+    records: int = 0  # valid records in the input
+    invalid: int = 0  # skipped with --skip-invalid
+    skipped_done: int = 0  # already in the output or the rejects file
+    accepted: int = 0
+    rejected: int = 0
+    pairs_written: int = 0
+    stopped: str | None = None  # why the run stopped early (teacher unavailable); None when complete
+    out_path: str = ""
+    rejects_path: str = ""
+    invalid_errors: list[str] = field(default_factory=list)
+
+    @property
+    def processed(self) -> int:
+        """Records the teacher answered in this run (accepted or rejected)."""
+        return self.accepted + self.rejected
+
+    @property
+    def remaining(self) -> int:
+        return self.records - self.skipped_done - self.processed
+
+    @property
+    def pairs_per_record(self) -> float:
+        return self.pairs_written / self.accepted if self.accepted else 0.0
+
+    def format(self) -> str:
+        lines = [f"build_instructions: {self.records} valid records"
+                 + (f", {self.invalid} invalid skipped" if self.invalid else "")]
+        lines.append(f"  skipped (already done): {self.skipped_done}")
+        lines.append(f"  processed this run: {self.processed} (accepted {self.accepted}, rejected {self.rejected})")
+        lines.append(f"  pairs written: {self.pairs_written} ({self.pairs_per_record:.2f} per accepted record)")
+        lines.append(f"  output: {self.out_path}" + (f"; rejects: {self.rejects_path}" if self.rejected else ""))
+        if self.stopped:
+            lines.append(f"  STOPPED with {self.remaining} records left: {self.stopped}")
+            lines.append("  re-run the same command to continue where it stopped")
+        return "\n".join(lines)
+
+
+# ----- input records -------------------------------------------------------------------------------------
+def _check_record(obj, location: str) -> str:
+    """Validate one raw record; return its id as text. Raises RecordError naming ``location`` and field."""
+    if not isinstance(obj, dict):
+        raise RecordError(location, None, f"expected a JSON object, got {type(obj).__name__}")
+    rid = obj.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+        raise RecordError(location, "id", "missing or empty (resuming needs a unique id per record)")
+    for name in REQUIRED_TEXT:
+        value = obj.get(name)
+        if value is None:
+            raise RecordError(location, name, "missing")
+        if not isinstance(value, str):
+            raise RecordError(location, name, f"expected text, got {type(value).__name__} {value!r}")
+        if not value.strip():
+            raise RecordError(location, name, "empty text")
+    for name in OPTIONAL_TEXT:
+        value = obj.get(name)
+        if value is not None and not isinstance(value, str):
+            raise RecordError(location, name, f"expected text, got {type(value).__name__} {value!r}")
+    for name in OPTIONAL_LISTS:
+        value = obj.get(name)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise RecordError(location, name, f"expected a list of strings, got {value!r}")
+    return str(rid)
+
+
+def read_records(path: str | Path, skip_invalid: bool = False) -> tuple[list[dict], list[RecordError]]:
+    """Valid records of a JSONL file (``id`` made text) and, with ``skip_invalid``, the errors of the
+    skipped ones. Without it the first invalid record raises ``RecordError`` (``file:line: field 'x': ...``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"raw records file not found: {path}")
+    records: list[dict] = []
+    errors: list[RecordError] = []
+    first_line: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            location = f"{path}:{lineno}"
+            try:
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise RecordError(location, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+                rid = _check_record(obj, location)
+                if rid in first_line:
+                    raise RecordError(location, "id", f"duplicate id {rid!r} (first on line {first_line[rid]})")
+            except RecordError as e:
+                if not skip_invalid:
+                    raise
+                errors.append(e)
+                continue
+            first_line[rid] = lineno
+            records.append({**obj, "id": rid})
+    return records, errors
+
+
+def user_message(record: dict) -> str:
+    """The record as the teacher's user message: one labelled line per field, then the reply format."""
+    lines = []
+    for name, label in _LABELS.items():
+        value = record.get(name)
+        if isinstance(value, list):
+            value = ", ".join(v for v in value if v.strip())
+        if value:
+            lines.append(f"{label}: {value.strip()}")
+    return "\n".join(lines) + "\n\n" + REPLY_FORMAT
+
+
+# ----- teacher replies -----------------------------------------------------------------------------------
+_FENCE = re.compile(r"^```[A-Za-z]*[ \t]*\n(.*?)\n?```$", re.S)
+
+
+def parse_reply(text: str) -> list[QAPair]:
+    """Pairs of a strict JSON reply (an object or a list of objects with non-empty ``question`` and
+    ``answer`` strings), optionally inside one ```json fence. Raises ``InvalidReply`` saying what is wrong."""
+    text = text.strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    if not text:
+        raise InvalidReply("empty reply")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidReply(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise InvalidReply("an empty JSON list")
+    pairs: list[QAPair] = []
+    for i, item in enumerate(items):
+        where = f"item {i}: " if isinstance(data, list) else ""
+        if not isinstance(item, dict):
+            raise InvalidReply(f"{where}expected an object with 'question' and 'answer', got {type(item).__name__}")
+        for key in ("question", "answer"):
+            value = item.get(key)
+            if not isinstance(value, str):
+                raise InvalidReply(f"{where}{key!r} is missing or not a string")
+            if not value.strip():
+                raise InvalidReply(f"{where}{key!r} is empty")
+        pair = QAPair(item["question"].strip(), item["answer"].strip())
+        if pair not in pairs:  # a teacher repeating itself adds nothing
+            pairs.append(pair)
+    return pairs
+
+
+class Teacher(Protocol):
+    def complete(self, system: str, user: str) -> str:
+        """The teacher's reply to one system + user message pair."""
+        ...
+
+
+def ask(teacher: Teacher, record: dict, retries: int) -> Outcome:
+    """Ask ``teacher`` about ``record`` until the reply parses, at most ``1 + retries`` times."""
+    base = user_message(record)
+    user, reason, reply = base, None, ""
+    for attempt in range(1, retries + 2):
+        try:
+            reply = teacher.complete(SYSTEM_PROMPT, user)
+            return Outcome(record["id"], parse_reply(reply), None, attempt, reply)
+        except InvalidReply as e:
+            reason = f"invalid reply: {e}"
+            # Say what was wrong: a greedy teacher given the same prompt would answer the same again.
+            user = f"{base}\n\nYour previous reply was not usable ({e}). Reply with the JSON only."
+        except RequestRejected as e:
+            return Outcome(record["id"], [], f"request rejected: {e}", attempt, reply)
+    return Outcome(record["id"], [], f"{reason} (after {retries + 1} attempts)", retries + 1, reply)
+
+
+# ----- teachers ------------------------------------------------------------------------------------------
+def chat_completions_url(url: str) -> str:
+    """``.../v1`` or ``.../v1/chat/completions`` -> the chat-completions endpoint."""
+    url = url.rstrip("/")
+    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+
+class HttpTeacher:
+    """An OpenAI-compatible chat-completions endpoint, through ``urllib``.
+
+    Args:
+        url: Endpoint or base URL (``/chat/completions`` is appended when missing).
+        model: Model name sent in the request.
+        api_key: Bearer token (None: no Authorization header, as local servers expect).
+        temperature: Sampling temperature (0: greedy, reproducible where the server allows).
+        max_tokens: Upper bound on reply tokens.
+        timeout: Seconds to wait for one reply.
+        connect_retries: Extra attempts after a connection error, timeout, HTTP 429 or 5xx; then the run stops.
+        backoff: Seconds before the first extra attempt, doubled each time.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        api_key: str | None = None,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        timeout: float = 120.0,
+        connect_retries: int = 3,
+        backoff: float = 2.0,
+    ):
+        self.url = chat_completions_url(url)
+        self.model, self.api_key = model, api_key
+        self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
+        self.connect_retries, self.backoff = connect_retries, backoff
+
+    def complete(self, system: str, user: str) -> str:
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            }
+        ).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        problem = ""
+        for attempt in range(self.connect_retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    payload = response.read()
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:300].decode("utf-8", "replace")
+                if e.code in (400, 413, 422):
+                    raise RequestRejected(f"HTTP {e.code}: {detail}") from None
+                if e.code in (401, 403, 404):
+                    raise TeacherUnavailable(
+                        f"{self.url}: HTTP {e.code} {detail} (check the URL, model and API key)"
+                    ) from None
+                problem = f"HTTP {e.code} {detail}"
+                continue
+            except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, ...
+                problem = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+                continue
+            try:
+                return json.loads(payload)["choices"][0]["message"]["content"] or ""
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise InvalidReply(f"not a chat-completions response: {payload[:200]!r}") from None
+        raise TeacherUnavailable(f"{self.url}: {problem} (after {self.connect_retries + 1} attempts)")
+
+
+class LocalTeacher:
+    """A local Hugging Face causal LM, greedy decoding.
+
+    The prompt is the tokenizer's chat template when it has one, else a plain ``System:/User:/Assistant:``
+    layout.
+
+    Args:
+        path: Model directory (``AutoModelForCausalLM`` + ``AutoTokenizer``).
+        max_new_tokens: Upper bound on reply tokens.
+        device: ``cpu``, ``cuda``, ... (default: ``cuda`` when available).
+    """
+
+    def __init__(self, path: str | Path, max_new_tokens: int = 256, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModelForCausalLM.from_pretrained(str(path)).to(self.device).eval()
+        self.max_new_tokens = max_new_tokens
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+
+    def _prompt_ids(self, system: str, user: str) -> list[int]:
+        tok = self.tokenizer
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return tok(text, add_special_tokens=False)["input_ids"]
+        # No template: no post-processor either (a RoBERTa-style one would close the prompt with EOS).
+        ids = tok(f"System: {system}\n\nUser: {user}\n\nAssistant: ", add_special_tokens=False)["input_ids"]
+        return ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
+
+    def complete(self, system: str, user: str) -> str:
+        ids = self._prompt_ids(system, user)
+        if self.max_positions and len(ids) + self.max_new_tokens > self.max_positions:
+            raise RequestRejected(
+                f"prompt of {len(ids)} tokens + max_new_tokens {self.max_new_tokens} exceeds the model's "
+                f"{self.max_positions} positions"
+            )
+        tok = self.tokenizer
+        input_ids = self.torch.tensor([ids], device=self.device)  # (1, prompt_len)
+        with self.torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=self.torch.ones_like(input_ids),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            )
+        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+# ----- output files and resuming ---------------------------------------------------------------------------
+def rejects_path_for(out_path: str | Path) -> Path:
+    """``pairs.jsonl`` -> ``pairs.rejected.jsonl`` (same folder)."""
+    out_path = Path(out_path)
+    stem = out_path.name[: -len(".jsonl")] if out_path.name.endswith(".jsonl") else out_path.name
+    return out_path.with_name(f"{stem}.rejected.jsonl")
+
+
+_SOURCE_ID = re.compile(r'"source_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_PAIR_ID = re.compile(r'^\{"id"\s*:\s*"((?:[^"\\]|\\.)*)-\d+"')
+
+
+def _partial_source_id(partial: str) -> str | None:
+    """The record a cut-off line belongs to: its ``source_id``, or its pair id ``<source_id>-<k>`` when
+    the cut came before ``source_id``."""
+    match = _SOURCE_ID.search(partial) or _PAIR_ID.search(partial)
+    return json.loads(f'"{match.group(1)}"') if match else None
+
+
+def _repair_tail(path: Path, log: Callable[[str], None]) -> None:
+    """Remove a last line cut off mid-write, and the complete lines of the same record before it (a
+    record's lines are written together; the record is redone)."""
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    partial = data[cut:].decode("utf-8", "replace")
+    sid = _partial_source_id(partial)
+    if sid is not None:
+        while cut:
+            start = data.rfind(b"\n", 0, cut - 1) + 1
+            try:
+                if json.loads(data[start:cut]).get("source_id") != sid:
+                    break
+            except ValueError:
+                break
+            cut = start
+    with path.open("r+b") as f:
+        f.truncate(cut)
+    log(f"{path}: removed {len(data) - cut} bytes of an unfinished record at the end (it will be redone)")
+
+
+def finished_ids(path: Path, log: Callable[[str], None] = print) -> set[str]:
+    """``source_id`` of every line of an output or rejects file (empty set when it does not exist)."""
+    if not path.is_file():
+        return set()
+    _repair_tail(path, log)
+    ids: set[str] = set()
+    with path.open(encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise RecordError(
+                    f"{path}:{lineno}", None, f"invalid JSON in an existing output file ({e.msg})"
+                ) from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("source_id"), str):
+                raise RecordError(
+                    f"{path}:{lineno}", "source_id", "missing: this file was not written by build_instructions"
+                )
+            ids.add(obj["source_id"])
+    return ids
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    """Append rows as JSON lines in one write, flushed to disk before returning."""
+    with path.open("a", encoding="utf-8", newline="\n") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def alpaca_rows(outcome: Outcome) -> list[dict]:
+    return [
+        {"id": f"{outcome.record_id}-{k}", "source_id": outcome.record_id, "instruction": INSTRUCTION,
+         "input": p.question, "output": p.answer}
+        for k, p in enumerate(outcome.pairs, start=1)
+    ]
+
+
+def _answers(teacher: Teacher, todo: list[dict], retries: int, workers: int) -> Iterable[Outcome]:
+    """Outcomes as records finish: in order with one worker, as they come with several (threads, for
+    network-bound teachers). On ``TeacherUnavailable`` no new request starts; the ones in flight are
+    still yielded, then the error is raised."""
+    if workers <= 1:
+        for record in todo:
+            yield ask(teacher, record, retries)
+        return
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    queue = iter(todo)
+    stop: TeacherUnavailable | None = None
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = set()
+        while True:
+            while stop is None and len(pending) < 2 * workers and (record := next(queue, None)) is not None:
+                pending.add(pool.submit(ask, teacher, record, retries))
+            if not pending:
+                break
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                try:
+                    yield future.result()
+                except TeacherUnavailable as e:
+                    stop = stop or e
+    if stop is not None:
+        raise stop
+
+
+def build(
+    records_path: str | Path,
+    out_path: str | Path,
+    teacher: Teacher,
+    retries: int = 3,
+    skip_invalid: bool = False,
+    workers: int = 1,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> Summary:
+    """Ask ``teacher`` for QA pairs of every record of ``records_path`` not yet in ``out_path`` or its
+    rejects file; append each finished record at once. Returns the run's summary; ``summary.stopped`` is
+    set when the teacher became unavailable (what was finished is kept: re-run to continue)."""
+    records_path, out_path = Path(records_path), Path(out_path)
+    if records_path.resolve() == out_path.resolve():
+        raise ValueError(f"--out must differ from the input file {records_path}")
+    records, errors = read_records(records_path, skip_invalid)
+    rejects_path = rejects_path_for(out_path)
+    summary = Summary(records=len(records), invalid=len(errors), out_path=str(out_path),
+                      rejects_path=str(rejects_path), invalid_errors=[str(e) for e in errors])
+    for e in errors[:5]:
+        log(f"skipped invalid record: {e}")
+    if len(errors) > 5:
+        log(f"... and {len(errors) - 5} more invalid records skipped")
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = finished_ids(out_path, log) | finished_ids(rejects_path, log)
+    todo = [r for r in records if r["id"] not in done]
+    summary.skipped_done = len(records) - len(todo)
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("teacher", total=len(todo))
+        try:
+            for outcome in _answers(teacher, todo, retries, workers):
+                if outcome.pairs:
+                    rows = alpaca_rows(outcome)
+                    _append(out_path, rows)
+                    summary.accepted += 1
+                    summary.pairs_written += len(rows)
+                else:
+                    _append(rejects_path, [{"source_id": outcome.record_id, "reason": outcome.reason,
+                                            "attempts": outcome.attempts,
+                                            "reply": outcome.last_reply[:MAX_STORED_REPLY]}])
+                    summary.rejected += 1
+                bar.update(task, advance=1,
+                           description=f"teacher: {summary.accepted} accepted, {summary.rejected} rejected")
+        except TeacherUnavailable as e:
+            summary.stopped = f"teacher unavailable: {e}"
+    return summary
+
+
+# ----- command line ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=(
+            "Turn raw R&D project records (JSONL: id, title, abstract, application_fields, keywords, program_type, "
+            "phase, firm) into Alpaca question-answer records with a teacher model: an OpenAI-compatible "
+            "chat-completions endpoint (--teacher-url) or a local Hugging Face causal LM (--teacher-path). "
+            "Resumable: re-run the same command after an interruption and it continues where it stopped."
+        ),
+        epilog=f"The teacher's system message is: {SYSTEM_PROMPT!r}",
+    )
+    p.add_argument("records", type=Path, help="raw records JSONL")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output Alpaca JSONL (appended to; rejected records go to <out stem>.rejected.jsonl)")
+    teacher = p.add_mutually_exclusive_group(required=True)
+    teacher.add_argument("--teacher-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    teacher.add_argument("--teacher-path", type=Path, help="local Hugging Face causal LM directory")
+    p.add_argument("--teacher-model", help="model name sent to --teacher-url (required with it)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key for --teacher-url; when unset, no key is sent "
+                   "(default: OPENAI_API_KEY)")
+    p.add_argument("--temperature", type=float, default=0.0, help="--teacher-url sampling temperature (default: 0)")
+    p.add_argument("--max-tokens", type=int, default=512, help="--teacher-url reply token limit (default: 512)")
+    p.add_argument("--timeout", type=float, default=120.0, help="--teacher-url seconds per request (default: 120)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="concurrent requests to --teacher-url (default: 1; the local model always uses 1)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="--teacher-path reply token limit (default: 256)")
+    p.add_argument("--device", default=None, help="--teacher-path device (default: cuda when available, else cpu)")
+    p.add_argument("--retries", type=int, default=3,
+                   help="extra attempts for a record whose reply is not valid JSON before it is rejected (default: 3)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip and count invalid raw records instead of stopping at the first one")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> Summary:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.retries < 0:
+        parser.error("--retries must be >= 0")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.out.resolve() == args.records.resolve():
+        parser.error("--out must differ from the input file")
+    if args.teacher_url:
+        if not args.teacher_model:
+            parser.error("--teacher-model is required with --teacher-url")
+        # Settings are read here, at the edge, and passed in.
+        api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+        teacher: Teacher = HttpTeacher(args.teacher_url, args.teacher_model, api_key=api_key,
+                                       temperature=args.temperature, max_tokens=args.max_tokens, timeout=args.timeout)
+        workers = args.workers
+    else:
+        if not args.teacher_path.is_dir():
+            parser.error(f"--teacher-path {args.teacher_path} is not a directory")
+        teacher = LocalTeacher(args.teacher_path, max_new_tokens=args.max_new_tokens, device=args.device)
+        workers = 1
+    try:
+        summary = build(args.records, args.out, teacher, retries=args.retries, skip_invalid=args.skip_invalid,
+                        workers=workers, progress=not args.no_progress)
+    except (RecordError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(summary.format())
+    if summary.stopped:
+        raise SystemExit(2)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

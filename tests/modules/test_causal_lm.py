@@ -248,3 +248,15 @@ def test_qlora_checkpoint_holds_the_adapter_only_and_reloads(tmp_path):
     # Testing from the checkpoint rebuilds the 4-bit base and loads the adapter into it.
     results = trainer.test(module, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), verbose=False)
     assert results[0]["test/unknown_rate"] == 0.0
+
+
+def test_adapter_names_the_saved_tiny_base_and_holds_no_embeddings(intent_fit):
+    from safetensors import safe_open
+
+    trainer, _, _, _ = intent_fit
+    run = Path(trainer.default_root_dir)
+    cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert Path(cfg["base_model_name_or_path"]) == run / "base_model"
+    with safe_open(run / "adapter" / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all("lora_" in k for k in keys), [k for k in keys if "lora_" not in k][:3]

@@ -38,6 +38,37 @@ class TuneloopModule(pl.LightningModule):
             if dataclasses.is_dataclass(value) and not isinstance(value, type):
                 self.hparams[key] = dataclasses.asdict(value)
 
+    def shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        """FSDP2 (the ``fsdp`` preset): ``fully_shard`` every transformer block, then the root, over the
+        data-parallel mesh. Blocks are the classes the model itself declares unsplittable
+        (``_no_split_modules``). No-op under other strategies."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return model
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+        blocks = [m for m in model.modules() if type(m).__name__ in names and m is not model]
+        if not blocks:
+            raise TypeError(f"{type(model).__name__} declares no transformer blocks (_no_split_modules) to shard")
+        precision = str(self.trainer.precision)
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                  if precision.startswith("bf16") and self.device.type == "cuda" else MixedPrecisionPolicy())
+        dp_mesh = mesh["data_parallel"]
+        for block in blocks:
+            fully_shard(block, mesh=dp_mesh, mp_policy=policy)
+        fully_shard(model, mesh=dp_mesh, mp_policy=policy)
+        return model
+
+    def full_state_dict(self) -> dict | None:
+        """The model's full state dict on rank 0 when it is sharded (a collective: every rank calls it);
+        ``None`` when it is not sharded (callers then use the module's own state)."""
+        if self.device_mesh is None:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def configure_optimizers(self):
         if self.model is None:
             raise RuntimeError("configure_model() must build self.model before optimizers are configured")

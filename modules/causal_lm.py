@@ -79,6 +79,9 @@ class CausalLMModule(TuneloopModule):
         self.labels: list[str] | None = None
         self._wired = False
         self._eval_outputs: list[dict] = []
+        # LoRA checkpoints hold the adapter only (see on_save_checkpoint); on_load_checkpoint checks that
+        # every trainable tensor is there. Sharded strategies load before that hook, so say it up front.
+        self.strict_loading = lora is None
 
     # ----- wiring -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -117,8 +120,9 @@ class CausalLMModule(TuneloopModule):
                             device=device if self.quant is not None else None, tiny_dir=tiny_dir)
         if tiny_dir is not None and self.trainer.is_global_zero:
             self.trainer.strategy.barrier("tiny-base")
-        self.model = apply_lora(model, self.lora, task_type="CAUSAL_LM", quantized=self.quant is not None,
-                                gradient_checkpointing=self.backbone.gradient_checkpointing)
+        model = apply_lora(model, self.lora, task_type="CAUSAL_LM", quantized=self.quant is not None,
+                           gradient_checkpointing=self.backbone.gradient_checkpointing)
+        self.model = self.shard(model)
 
     # ----- checkpoints ------------------------------------------------------------------------------------
     def _trainable_keys(self) -> set[str]:
@@ -134,12 +138,12 @@ class CausalLMModule(TuneloopModule):
             checkpoint["tuneloop"] = {"adapter_only": True}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if checkpoint.get("tuneloop", {}).get("adapter_only"):
+        # Sharded strategies load the weights themselves and hand over the checkpoint without them.
+        if checkpoint.get("tuneloop", {}).get("adapter_only") and "state_dict" in checkpoint:
             missing = self._trainable_keys() - set(checkpoint["state_dict"])
             if missing:
                 raise ValueError(f"checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
                                  f"{sorted(missing)[0]}); was it trained with a different model.lora?")
-            self.strict_loading = False  # the base weights are not in the checkpoint by design
 
     # ----- loss -------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:
@@ -235,9 +239,10 @@ class CausalLMModule(TuneloopModule):
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int) -> list[str]:
         """Greedy continuations of left-padded prompts (batch, prompt_seq), decoded without special tokens."""
+        # Sharded (FSDP2) forwards are collectives: every rank keeps stepping until all ranks are done.
         out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
                                   do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                                  eos_token_id=self.tokenizer.eos_token_id)
+                                  eos_token_id=self.tokenizer.eos_token_id, synced_gpus=self.device_mesh is not None)
         return self.tokenizer.batch_decode(out[:, prompt_ids.size(1):], skip_special_tokens=True)
 
     @torch.no_grad()
@@ -319,8 +324,10 @@ class CausalLMModule(TuneloopModule):
 
     # ----- generations during training ---------------------------------------------------------------------
     def log_sample_generations(self) -> None:
-        """Answers to a few fixed validation prompts: appended to generations.jsonl, and a W&B table."""
-        if not self.trainer.is_global_zero:
+        """Answers to a few fixed validation prompts: appended to generations.jsonl, and a W&B table.
+
+        Generated on rank 0, or on every rank when the model is sharded (its forward is a collective)."""
+        if not self.trainer.is_global_zero and self.device_mesh is None:
             return
         samples = self.trainer.datamodule.sample_prompts()
         if not samples:
@@ -336,6 +343,8 @@ class CausalLMModule(TuneloopModule):
         self.model.eval()
         texts = self.generate(ids, mask, self.max_new_tokens)
         self.model.train(was_training)
+        if not self.trainer.is_global_zero:
+            return
         rows = [{"epoch": self.current_epoch, "step": self.global_step, "id": s["id"],
                  "prompt": self.tokenizer.decode(s["prompt_ids"], skip_special_tokens=True),
                  "generation": t, "reference": s["reference"]} for s, t in zip(samples, texts)]
@@ -353,11 +362,15 @@ class CausalLMModule(TuneloopModule):
 
     # ----- adapters -----------------------------------------------------------------------------------------
     def export_adapter(self, path: Path) -> Path | None:
-        """Save the PEFT adapter (adapter_config.json, adapter_model.safetensors) and the tokenizer."""
+        """Save the PEFT adapter (adapter_config.json, adapter_model.safetensors) and the tokenizer, once, on
+        rank 0. Called on every rank: a sharded (FSDP2) adapter is gathered into one first."""
         if self.lora is None:
             return None
+        state = self.full_state_dict()
+        if not self.trainer.is_global_zero:
+            return None
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path, state_dict=state)
         self.tokenizer.save_pretrained(path)
         return path
 

@@ -106,7 +106,7 @@ class EncoderModule(TuneloopModule):
 
         model = build_model(AutoModelForSequenceClassification, self.backbone, self.tokenizer,
                             num_labels=self.num_outputs)
-        self.model = apply_lora(model, self.lora, task_type="SEQ_CLS")
+        self.model = self.shard(apply_lora(model, self.lora, task_type="SEQ_CLS"))
 
     # ----- forward, loss, predictions -------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:

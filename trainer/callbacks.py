@@ -147,12 +147,13 @@ class RunArtifacts(Callback):
 
 class AdapterExport(Callback):
     """Saves the PEFT adapter (loadable by ``PeftModel.from_pretrained``) to ``<run dir>/adapter/`` whenever a
-    checkpoint is saved and at the end of fit, on global rank zero. Modules without ``export_adapter`` (or
-    without an adapter) are skipped."""
+    checkpoint is saved and at the end of fit. Every rank calls the module's ``export_adapter`` (gathering a
+    sharded adapter is a collective); the module writes on rank zero only. Modules without
+    ``export_adapter`` (or without an adapter) are skipped."""
 
     def _export(self, trainer, pl_module) -> None:
         export = getattr(pl_module, "export_adapter", None)
-        if export is not None and trainer.is_global_zero:
+        if export is not None:
             export(run_dir(trainer) / "adapter")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:

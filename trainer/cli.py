@@ -93,6 +93,7 @@ class TuneloopCLI(LightningCLI):
                 "trainer.accumulate_grad_batches is derived from data.batch (global / (micro x world size)); "
                 "set data.batch.global_batch_size instead"
             )
+        self._preset = self._apply_strategy_preset(cfg)
         callbacks = [RunArtifacts(), PredictionWriter(), AdapterExport()]
         user_callbacks = cfg.trainer.callbacks or []
         has_bar = any("ProgressBar" in str(getattr(c, "class_path", "")) for c in user_callbacks)
@@ -100,7 +101,44 @@ class TuneloopCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         self.trainer_defaults["callbacks"] = callbacks
 
+    def _apply_strategy_preset(self, cfg: Namespace) -> str | None:
+        """Check a preset named in ``trainer.strategy`` before anything is built; returns its name.
+
+        The config keeps the name (so the saved config.yaml reruns the same way); the Strategy object is
+        made in ``instantiate_trainer``. QLoRA under parameter sharding gets its 4-bit storage dtype set to
+        the compute dtype here, before the model exists.
+        """
+        import torch
+
+        from trainer.strategies import PRESETS, StrategyError, preset_config, quant_storage_for
+
+        name = cfg.trainer.strategy
+        if not isinstance(name, str) or name not in PRESETS:
+            return None
+        cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+        preset_config(name, cuda=cuda)  # raises StrategyError with advice when it cannot run here
+        quant = cfg.model.get("init_args", Namespace()).get("quant") if cfg.get("model") else None
+        storage = quant_storage_for(name, quant.compute_dtype) if quant else None
+        if storage:
+            if quant.quant_storage not in (None, storage):
+                raise StrategyError(f"strategy {name!r} shards parameters: model.quant.quant_storage must equal "
+                                    f"compute_dtype ({storage}), got {quant.quant_storage}")
+            if quant.quant_storage is None:
+                quant.quant_storage = storage
+                print(f"tuneloop: {name} shards the 4-bit base: quant_storage set to {storage}")
+        return name
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
+        if getattr(self, "_preset", None):
+            import torch
+            from lightning.pytorch.cli import instantiate_class
+
+            from trainer.strategies import preset_config
+
+            cfg = self._subconfig()
+            cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+            value = preset_config(self._preset, cuda=cuda)
+            kwargs["strategy"] = instantiate_class((), value) if isinstance(value, dict) else value
         trainer = super().instantiate_trainer(**kwargs)
         if isinstance(self.datamodule, TuneloopDataModule):
             trainer.accumulate_grad_batches = self.datamodule.batch.accumulation(trainer.world_size)

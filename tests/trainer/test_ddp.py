@@ -52,3 +52,40 @@ def test_causal_lora_under_ddp_saves_one_loadable_adapter(tmp_path):
     rows = [json.loads(l) for l in (run / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == len({r["id"] for r in rows}) == 32  # 4 test batches x 4 x 2 ranks
     assert json.loads((run / "metrics.json").read_text())["test"]["metrics"]["test/loss"] > 0
+
+
+def test_fsdp2_lora_adapter_is_consolidated_and_reproduces_the_trained_model(tmp_path):
+    """FSDP2 (fully_shard per decoder layer) over 2 CPU processes: the adapter saved on rank 0 is the full,
+    gathered adapter; loaded in one process it gives the distributed run's test loss."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from datamodules.instruction import InstructionDataModule
+
+    run, proc = run_ddp(tmp_path, "configs/intent/exaone-4.0-1.2b-lora.yaml", "-c", "configs/strategy/fsdp.yaml",
+                        "--trainer.limit_train_batches=6", "--trainer.limit_test_batches=4")
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["state_dict"]
+    assert len(adapter) == len(ckpt) > 0
+    for key, value in ckpt.items():  # model.base_model.model.X.lora_A.default.weight -> base_model.model.X.lora_A.weight
+        short = key.removeprefix("model.").replace(".default.", ".")
+        assert torch.equal(adapter[short], value), key
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # trained, not the zero init
+
+    tok = AutoTokenizer.from_pretrained(run / "adapter")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "base_model"), run / "adapter").eval()
+    dm = InstructionDataModule(format="intent", test_file="data/samples/intent/test.jsonl",
+                               labels=["지식", "이미지생성", "3D", "4D", "날씨", "일정", "잡담", "기타"],
+                               cutoff_len=128, cache_dir=str(tmp_path / "cache"))
+    dm.tokenizer = tok
+    dm.setup("test")
+    batch = dm.collate_fn([dm.splits["test"][i] for i in range(32)])  # 4 batches x 4 records x 2 ranks
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                            ignore_index=-100, reduction="sum") / (targets != -100).sum()
+    metrics = json.loads((run / "metrics.json").read_text())["test"]["metrics"]
+    assert float(nll) == pytest.approx(metrics["test/loss"], rel=1e-4)

@@ -89,3 +89,31 @@ def test_fsdp2_lora_adapter_is_consolidated_and_reproduces_the_trained_model(tmp
                                             ignore_index=-100, reduction="sum") / (targets != -100).sum()
     metrics = json.loads((run / "metrics.json").read_text())["test"]["metrics"]
     assert float(nll) == pytest.approx(metrics["test/loss"], rel=1e-4)
+
+
+def test_two_nodes_with_torchrun_on_one_machine(tmp_path):
+    """Two torchrun 'nodes' (one process each) rendezvous on 127.0.0.1; Lightning sees 2 nodes, world size 2."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WANDB_MODE": "offline", "NNODES": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "GPUS_PER_NODE": "1", "RUN_ID": "twonodes", "ACCELERATOR": "cpu",
+           "PYTHON": sys.executable}
+    env.pop("TUNELOOP_RUN_VERSION", None)
+    args = ["bash", "scripts/launch_multinode.sh", "-c", "configs/encoder/waam-anomaly.yaml", "-c",
+            "configs/debug.yaml", "--trainer.strategy=ddp", f"--run.root={tmp_path}", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=4",
+            "--run.test_after_fit=false"]
+    nodes = [subprocess.Popen(args, cwd=ROOT, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) for rank in (0, 1)]
+    outs = [n.communicate(timeout=600)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    run = tmp_path / "waam-anomaly" / "run-twonodes"
+    cfg = (run / "config.yaml").read_text()
+    assert "num_nodes: 2" in cfg
+    metrics = json.loads((run / "metrics.json").read_text())["fit"]
+    # global 32 = micro 16 x 2 processes: one optimizer step per micro batch, 4 per epoch.
+    assert metrics["global_step"] == 4
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in outs[0] and "GLOBAL_RANK: 1, MEMBER: 2/2" in outs[1]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from trainer.scaling import BatchSpec
 
@@ -43,12 +42,18 @@ class TuneloopDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.splits:
             raise RuntimeError(f"no {split!r} data: set the {split} file (or a split fraction) in the data config")
-        generator = torch.Generator().manual_seed(self.seed)
+        sampler = None
+        if shuffle:
+            # One seeded global permutation, split across processes: at any world size, optimizer step k sees
+            # the same samples (world 1: micro batches in a row; world N: rank r takes every N-th sample).
+            trainer = self.trainer
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            sampler = DistributedSampler(self.splits[split], num_replicas=world, rank=rank, shuffle=True,
+                                         seed=self.seed)
         return DataLoader(
             self.splits[split],
             batch_size=self.batch.micro_batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
+            sampler=sampler,
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -33,6 +33,8 @@ class TinySpec:
         initializer_range: Std of the random init; ``null`` keeps the family's (0.02). A random decoder's
             frozen output head at 0.02 caps logits near 1, so adapters (LoRA) barely move the loss; a
             larger value gives the tiny model pretrained-like logit scales.
+        dropout: Every dropout probability of the config (hidden, attention, classifier); ``null`` keeps
+            the family's. 0 makes runs bit-comparable across world sizes (dropout masks are per process).
     """
 
     hidden_size: int = 64
@@ -41,6 +43,11 @@ class TinySpec:
     intermediate_size: int = 128
     max_position_embeddings: int = 512
     initializer_range: float | None = None
+    dropout: float | None = None
+
+
+_DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "attention_dropout",
+                   "hidden_dropout", "dropout", "embd_pdrop", "resid_pdrop", "attn_pdrop")
 
 
 @dataclass
@@ -227,6 +234,10 @@ def shrink_config(config, tokenizer, size: TinySpec):
         uses_rope = getattr(cfg, "rope_parameters", None) is not None or hasattr(cfg, "rope_theta")
         if getattr(cfg, "max_position_embeddings", None) and not uses_rope:
             cfg.max_position_embeddings = min(cfg.max_position_embeddings, size.max_position_embeddings + 2)
+        if size.dropout is not None:
+            for name in _DROPOUT_FIELDS:
+                if hasattr(cfg, name):
+                    setattr(cfg, name, size.dropout)
         if size.initializer_range is not None and hasattr(cfg, "initializer_range"):
             cfg.initializer_range = size.initializer_range
         layer_types = getattr(cfg, "layer_types", None)

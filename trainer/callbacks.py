@@ -90,8 +90,12 @@ class RunArtifacts(Callback):
             return
         self._pending.append(float(loss.detach()))
         if trainer.global_step > (self.train_steps[-1] if self.train_steps else 0):
+            # Every process completes the step together: the recorded loss is the global mean.
+            step_loss = torch.tensor(sum(self._pending), device=pl_module.device)
+            if trainer.world_size > 1:
+                step_loss = trainer.strategy.reduce(step_loss, reduce_op="mean")
             self.train_steps.append(trainer.global_step)
-            self.train_loss.append(sum(self._pending))
+            self.train_loss.append(float(step_loss))
             self._pending = []
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -109,7 +113,9 @@ class RunArtifacts(Callback):
         out = run_dir(trainer)
         values = _floats(trainer.callback_metrics)
         ckpt = trainer.checkpoint_callback
-        section = {"metrics": values, "global_step": trainer.global_step, "epochs": trainer.current_epoch}
+        section = {"metrics": values, "global_step": trainer.global_step, "epochs": trainer.current_epoch,
+                   "world_size": trainer.world_size, "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                   "train_loss": [[s, l] for s, l in zip(self.train_steps, self.train_loss)]}
         if ckpt is not None and getattr(ckpt, "best_model_path", ""):
             section["best_checkpoint"] = ckpt.best_model_path
             section["monitor"] = ckpt.monitor

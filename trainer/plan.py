@@ -343,6 +343,9 @@ def _quantize_on_meta(model, quant) -> tuple[dict[str, int], list[str], list[str
         if not should_convert_module(name, patterns):
             kept.append(name)
             continue
+        # bitsandbytes packs two 4-bit values per byte of the storage dtype, and PEFT's
+        # get_nb_trainable_parameters counts a Params4bit as numel x 2 x element_size to undo that: a meta
+        # Params4bit of the packed shape makes PEFT's own count (and printed line) the 4-bit model's.
         n = module.weight.numel()
         packed = torch.empty(((n + 1) // (itemsize * 2), 1), dtype=storage, device="meta")
         module.weight = bnb.nn.Params4bit(packed, requires_grad=False, blocksize=64,

@@ -159,6 +159,17 @@ def test_estimate_matches_measured_weights_gradients_and_optimizer(tmp_path, lab
         assert abs(row["error_pct"]) <= 15.0, (label, key, row)
 
 
+def test_activation_estimate_is_close_to_what_autograd_saves(tmp_path):
+    # Korthikanti's per-layer count (generalised to SwiGLU, plus LoRA dropout copies) against the bytes saved
+    # for backward on CPU (fp32, no checkpointing); looser than weights: the formula is an approximation by
+    # design. scripts/bench_plan_memory.py prints more cases.
+    bench = _load_bench()
+    label, configs, attention = bench.activation_cases(tmp_path)[1]  # small llama, LoRA r=32
+    row = bench.compare_activations(configs, attention)
+    print(f"{label}: estimated {row['estimated']:,d} B, measured {row['measured']:,d} B, {row['error_pct']:+.1f}%")
+    assert abs(row["error_pct"]) <= 25.0, row
+
+
 # ----- strategies, accumulation, activations ---------------------------------------------------------------
 def test_sharding_divides_by_world_size_and_the_recommendation_is_the_simplest_that_fits():
     one = plan([KOMT_LORA], gpus=1, gpu_memory=80)

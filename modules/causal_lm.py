@@ -367,6 +367,16 @@ class CausalLMModule(TuneloopModule):
         if self.lora is None:
             return None
         state = self.full_state_dict()
+        strategy = self.trainer.strategy
+        if getattr(strategy, "zero_stage_3", False):
+            # ZeRO-3 partitions every parameter: gather the trainable (adapter) ones for the save.
+            # Not yet run on a GPU; see the scale-out notes.
+            import deepspeed
+
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+                if self.trainer.is_global_zero:
+                    state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
         if not self.trainer.is_global_zero:
             return None
         path.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,8 @@ class QuantSpec:
         compute_dtype: Dtype of the matmuls with dequantized weights.
         quant_storage: Storage dtype of the packed 4-bit weights; sharded training (FSDP, ZeRO-3) needs it
             equal to the compute dtype. ``null`` = uint8.
-        skip_modules: Modules kept unquantized (e.g. a vision tower); the output head always is.
+        skip_modules: Modules kept unquantized besides the output head (``lm_head``, always kept), e.g.
+            ``model.visual`` for Qwen2.5-VL's vision tower.
     """
 
     quant_type: Literal["nf4", "fp4"] = "nf4"
@@ -159,7 +160,8 @@ class QuantSpec:
             bnb_4bit_quant_type=self.quant_type,
             bnb_4bit_use_double_quant=self.double_quant,
             bnb_4bit_compute_dtype=_DTYPES[self.compute_dtype],
-            llm_int8_skip_modules=self.skip_modules,
+            # An explicit list replaces transformers' default (the output head), so the head is added back.
+            llm_int8_skip_modules=[*self.skip_modules, "lm_head"] if self.skip_modules else None,
             **kwargs,
         )
 

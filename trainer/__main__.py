@@ -20,9 +20,10 @@ TUNELOOP_COMMANDS = {
     "cv": "K-fold cross-validation of a recipe: one fit per fold, then a per-fold/mean ± std table.",
     "merge": "Merge a LoRA adapter into its base model (merge_and_unload) and save safetensors.",
     "compare": "Base vs tuned: generate answers, judge them 1-5, summarize with paired statistics.",
+    "plan": "Parameters (exactly, on the meta device) and per-GPU memory of a recipe for every strategy.",
 }
 # tuneloop's own commands: module with a main(argv) each.
-_COMMAND_MODULES = {"cv": "trainer.cv", "merge": "trainer.merge", "compare": "trainer.compare"}
+_COMMAND_MODULES = {"cv": "trainer.cv", "merge": "trainer.merge", "compare": "trainer.compare", "plan": "trainer.plan"}
 
 USAGE = """usage: tuneloop <command> [options]      (same as: python -m trainer <command> ...)
 

@@ -65,14 +65,16 @@ How memory is estimated (bytes per GPU; GiB = 2**30 bytes)
     gradients in its reducer buckets (Lightning's DDP keeps ``gradient_as_bucket_view=False``); ``fsdp`` /
     ``fsdp1`` (full shard) divide weights, gradients and optimizer states by W and add the unsharded working
     set (the root module's parameters, i.e. embeddings and head, plus two transformer blocks: the current one
-    and the prefetched next, in the 16-bit compute dtype); DeepSpeed casts the module to 16-bit and keeps an
+    and the prefetched next, gathered in bf16 under bf16 precisions, plus one block's gradients in fp32 before
+    the reduce-scatter); DeepSpeed casts the module to 16-bit and keeps an
     fp32 master copy with the fp32 Adam states (ZeRO's 2 + 2 + 12 bytes per trainable parameter):
     ``deepspeed_zero2`` replicates the weights and divides gradients and optimizer states by W,
     ``deepspeed_zero3`` divides all three by W and adds the gathered working set (the larger of the biggest
     single module and two blocks), ``deepspeed_zero3_offload`` keeps parameters, gradients and optimizer states
     in CPU memory (reported per node) and only the working set on the GPU. DeepSpeed buckets: two of
     ``min(2e8, trainable)`` 16-bit elements (Lightning's ``reduce/allgather_bucket_size``). A frozen 4-bit base
-    is sharded by FSDP/ZeRO-3 too (which needs ``quant.quant_storage`` equal to the compute dtype).
+    is sharded by FSDP/ZeRO-3 too (the presets set ``quant.quant_storage`` to the compute dtype for that; the
+    bytes, and PEFT's count for weights with a multiple of 4 values, do not change).
     Overhead: 1.5 GiB (CUDA context, cuBLAS/NCCL workspaces) + 10 % of the rest (allocator fragmentation).
     The recommended preset is the simplest that fits, in this order: ddp, fsdp, deepspeed_zero2,
     deepspeed_zero3, deepspeed_zero3_offload.
@@ -93,6 +95,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
+# The presets of trainer/strategies.py (not imported: it pulls in Lightning; a test keeps the two equal).
 STRATEGIES = ("ddp", "fsdp", "fsdp1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
 RECOMMEND_ORDER = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
 SHARDS_PARAMS = {"fsdp", "fsdp1", "deepspeed_zero3", "deepspeed_zero3_offload"}
@@ -105,7 +108,7 @@ VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model")
 _PRECISIONS = {
     "32": "32-true", "32-true": "32-true", "16": "16-mixed", "16-mixed": "16-mixed", "16-true": "16-true",
     "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed", "bf16-true": "bf16-true", "64": "64-true",
-    "64-true": "64-true", "transformer-engine": "bf16-true", "transformer-engine-float16": "16-true",
+    "64-true": "64-true",
 }
 
 
@@ -132,7 +135,8 @@ def _resolve_file(path: str) -> Path:
         return p
     if not p.is_absolute() and (REPO / p).exists():
         return REPO / p
-    raise PlanError(f"recipe not found: {path} (looked in {Path.cwd()} and {REPO})")
+    places = sorted({str(Path.cwd()), str(REPO)})
+    raise PlanError(f"recipe not found: {path} (looked in {' and '.join(places)})")
 
 
 def stack_configs(paths: list[str]) -> dict:
@@ -351,6 +355,7 @@ def _quantize_on_meta(model, quant) -> tuple[dict[str, int], list[str], list[str
         module.weight = bnb.nn.Params4bit(packed, requires_grad=False, blocksize=64,
                                           compress_statistics=bnb_config.bnb_4bit_use_double_quant,
                                           quant_type=bnb_config.bnb_4bit_quant_type, quant_storage=storage)
+        module.weight.plan_numel = n  # the unpacked size, for the bytes of the quantization constants
         quantized[f"{name}.weight"] = n
     model.is_loaded_in_4bit = True  # what from_pretrained sets; prepare_model_for_kbit_training reads it
     return quantized, patterns, kept
@@ -440,25 +445,17 @@ def build_meta_model(recipe: Recipe) -> Built:
             model.print_trainable_parameters()
         peft_line = buf.getvalue().strip()
         trainable, all_params = model.get_nb_trainable_parameters()
-        prefix = _prefix_of(model)
-        quantized = {prefix + name: n for name, n in quantized.items()}
     else:
         trainable, all_params = _peft_count(model)
         # Full fine-tuning: no PEFT model; the same line in PEFT's format, from PEFT's way of counting.
         peft_line = (f"trainable params: {trainable:,d} || all params: {all_params:,d} || "
                      f"trainable%: {100 * trainable / all_params:.4f}")
     _apply_precision(model, recipe.precision)
+    # Names as they end up in the (PEFT-wrapped) model, e.g. ...q_proj.base_layer.weight.
+    quantized = {name: p.plan_numel for name, p in model.named_parameters() if hasattr(p, "plan_numel")}
     return Built(model=model, base_class=type(_base(model)).__name__, model_type=config.model_type,
                  base_total=base_total, quantized=quantized, quant_patterns=patterns, unquantized_linear=kept,
                  peft_line=peft_line, trainable=trainable, all_params=all_params)
-
-
-def _prefix_of(peft_model) -> str:
-    """Name prefix PEFT puts before the base model's parameter names (``base_model.model.``)."""
-    for name, _ in peft_model.named_parameters():
-        if name.startswith("base_model.model."):
-            return "base_model.model."
-    return ""
 
 
 def _base(model):
@@ -516,8 +513,11 @@ def inventory(built: Built, recipe: Recipe) -> dict:
     """Bytes of weights (by dtype and 4-bit), gradients and optimizer states of one full replica, plus the
     block sizes the sharded strategies need."""
     base = _base(built.model)
-    sixteen = recipe.precision.startswith(("bf16", "16")) or recipe.precision.startswith("transformer")
-    compute_item = 2 if sixteen else None  # unsharded working copies (FSDP mixed precision / DeepSpeed 16-bit)
+    sixteen = recipe.precision.startswith(("bf16", "16"))
+    # Unsharded working copies: DeepSpeed runs a 16-bit module under any 16-bit precision; the fsdp preset's
+    # FSDP2 MixedPrecisionPolicy gathers in bf16 under bf16 precisions (reduce in fp32), else as stored.
+    ds_item = 2 if sixteen else None
+    fsdp_item = 2 if recipe.precision.startswith("bf16") else None
     dq = recipe.quant.double_quant if recipe.quant is not None else False
 
     weights: dict[str, int] = {}
@@ -527,22 +527,22 @@ def inventory(built: Built, recipe: Recipe) -> dict:
     train_tensors = 0
     frozen_float_numel = 0
     optim_note = ""
-    param_info = {}  # id -> (bytes as stored, bytes as 16-bit working copy)
+    param_info = {}  # id -> (bytes gathered by FSDP, bytes gathered by DeepSpeed, trainable numel)
     for name, p in built.model.named_parameters():
         if p.__class__.__name__ == "Params4bit":
-            n = built.quantized.get(name, p.numel() * 2 * p.element_size())
+            n = p.plan_numel
             b = p.numel() * p.element_size() + _four_bit_constants(n, dq)
             q4_numel += n
             q4_bytes += b
             weights["4bit"] = weights.get("4bit", 0) + b
             numels["4bit"] = numels.get("4bit", 0) + n
-            param_info[id(p)] = (b, b)
+            param_info[id(p)] = (b, b, 0)
             continue
         n, item = p.numel(), p.element_size()
         key = _DTYPE_NAMES.get(str(p.dtype), str(p.dtype))
         weights[key] = weights.get(key, 0) + n * item
         numels[key] = numels.get(key, 0) + n
-        param_info[id(p)] = (n * item, n * (compute_item or item))
+        param_info[id(p)] = (n * (fsdp_item or item), n * (ds_item or item), n if p.requires_grad else 0)
         if p.requires_grad:
             train_numel += n
             train_bytes += n * item
@@ -555,23 +555,24 @@ def inventory(built: Built, recipe: Recipe) -> dict:
 
     # Transformer blocks (the units FSDP/ZeRO-3 gather), the root's own parameters and the largest module.
     block_classes = set(getattr(base, "_no_split_modules", None) or [])
-    blocks: dict[str, int] = {}
+    blocks: dict[str, tuple[int, int, int]] = {}
     block_counts: dict[str, int] = {}
     in_block: set[int] = set()
     for mname, module in base.named_modules():
         cname = type(module).__name__
         if cname in block_classes and not any(mname.startswith(b + ".") for b in blocks):
-            size = 0
+            size = [0, 0, 0]
             for p in module.parameters():
                 if id(p) not in in_block:
                     in_block.add(id(p))
-                    size += param_info.get(id(p), (0, 0))[1]
-            blocks[mname] = size
+                    for k, v in enumerate(param_info.get(id(p), (0, 0, 0))):
+                        size[k] += v
+            blocks[mname] = tuple(size)
             block_counts[cname] = block_counts.get(cname, 0) + 1
-    root = sum(info[1] for pid, info in param_info.items() if pid not in in_block)
+    root = sum(info[0] for pid, info in param_info.items() if pid not in in_block)
     largest_leaf = 0
     for module in base.modules():
-        own = sum(param_info.get(id(p), (0, 0))[1] for p in module.parameters(recurse=False))
+        own = sum(param_info.get(id(p), (0, 0, 0))[1] for p in module.parameters(recurse=False))
         largest_leaf = max(largest_leaf, own)
     return {
         "weights_by_dtype": weights,
@@ -586,11 +587,13 @@ def inventory(built: Built, recipe: Recipe) -> dict:
         "optimizer": optim_bytes,
         "optimizer_note": optim_note or f"{recipe.optimizer}: nothing to train",
         "trainable_tensors": train_tensors,
-        "max_block_bytes": max(blocks.values(), default=0),
-        "root_bytes": root,
-        "largest_module_bytes": largest_leaf,
+        "max_block_bytes_fsdp": max((b[0] for b in blocks.values()), default=0),
+        "max_block_bytes_deepspeed": max((b[1] for b in blocks.values()), default=0),
+        "max_block_trainable_params": max((b[2] for b in blocks.values()), default=0),
+        "root_bytes_fsdp": root,
+        "largest_module_bytes_deepspeed": largest_leaf,
         "block_classes": block_counts,
-        "compute_itemsize": compute_item,
+        "sixteen_bit": sixteen,
     }
 
 
@@ -697,7 +700,7 @@ def activations(built: Built, recipe: Recipe, attention: str = "sdpa") -> dict:
 def strategy_memory(inv: dict, act: dict, recipe: Recipe, gpus: int, nodes: int, gpu_memory_gib: float) -> dict:
     """GiB per GPU for each strategy preset (see module docstring)."""
     world = gpus * nodes
-    sixteen = inv["compute_itemsize"] == 2
+    sixteen = inv["sixteen_bit"]
     w_float_lightning = inv["weights"] - inv["four_bit_bytes"]
     grads, optim = inv["gradients"], inv["optimizer"]
     n_train = inv["trainable_params"]
@@ -708,9 +711,11 @@ def strategy_memory(inv: dict, act: dict, recipe: Recipe, gpus: int, nodes: int,
     ds_optim = n_train * (12 if sixteen else 8)
     ds_buffers = 2 * min(DS_BUCKET_ELEMENTS, n_train) * ds_item
     q4 = inv["four_bit_bytes"]
-    block2 = 2 * inv["max_block_bytes"]
-    fsdp_working = inv["root_bytes"] + block2
-    z3_working = max(inv["largest_module_bytes"], block2)
+    # FSDP2: root (embeddings, head) + current and prefetched block, and one block's gradients unsharded in
+    # fp32 before the reduce-scatter (reduce_dtype fp32).
+    fsdp_working = (inv["root_bytes_fsdp"] + 2 * inv["max_block_bytes_fsdp"]
+                    + 4 * inv["max_block_trainable_params"])
+    z3_working = max(inv["largest_module_bytes_deepspeed"], 2 * inv["max_block_bytes_deepspeed"])
     A = act["total"]
 
     parts = {
@@ -741,8 +746,13 @@ def strategy_memory(inv: dict, act: dict, recipe: Recipe, gpus: int, nodes: int,
         overhead = FIXED_OVERHEAD + FRAGMENTATION * subtotal
         total = subtotal + overhead
         notes = []
-        if name in SHARDS_PARAMS and recipe.quant is not None and recipe.quant.quant_storage in (None, "uint8"):
-            notes.append("sharding the 4-bit base needs quant.quant_storage: bfloat16 (= compute dtype)")
+        if name in SHARDS_PARAMS and recipe.quant is not None:
+            storage, compute = recipe.quant.quant_storage, recipe.quant.compute_dtype
+            if storage is None:
+                notes.append(f"the preset stores the 4-bit base as {compute} (quant_storage) to shard it")
+            elif storage != compute:
+                notes.append(f"refused by the preset: quant.quant_storage ({storage}) must equal compute_dtype "
+                             f"({compute}) to shard the 4-bit base")
         if name == "deepspeed_zero3_offload":
             cpu = (q4 + ds_float + n_train * 4 + ds_optim) * gpus / world
             notes.append(f"CPU memory per node ~ {cpu / GIB:.1f} GiB")
@@ -909,7 +919,7 @@ def render_text(result: dict, console=None) -> None:
 
     st = Table(title=f"Per GPU, world size {w['world_size']} ({result['gpu_memory_gib']:g} GiB each)",
                title_justify="left")
-    for col in ("strategy", "weights", "grads", "optimizer", "activations", "buffers", "overhead", "total GiB",
+    for col in ("strategy", "weights", "grads", "optimizer", "act.+logits", "buffers", "overhead", "total GiB",
                 "fits"):
         st.add_column(col, justify="left" if col in ("strategy", "fits") else "right", no_wrap=True)
     for name, entry in result["strategies"].items():

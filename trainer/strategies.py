@@ -6,7 +6,8 @@ preset                      what it is                                          
 ddp                         DistributedDataParallel (Lightning ``ddp``)                  CPU, GPU
 fsdp                        FSDP2 (``fully_shard``) per decoder layer, full shard over   CPU, GPU
                             all processes; bf16 mixed precision on GPU
-fsdp1                       Lightning ``FSDPStrategy`` (FSDP1), decoder layers wrapped    GPU
+fsdp1                       Lightning ``FSDPStrategy`` (FSDP1); no per-layer wrap policy  GPU
+                            yet: the model is one unit (unverified, no GPU here)
 deepspeed_zero2             DeepSpeed ZeRO-2 (optimizer states + gradients sharded)      GPU
 deepspeed_zero3             DeepSpeed ZeRO-3 (parameters sharded too)                    GPU
 deepspeed_zero3_offload     ZeRO-3 with optimizer states and parameters on CPU memory    GPU

@@ -79,7 +79,7 @@ _FITS = {}
 def intent_fit(tmp_path_factory):
     if "intent" not in _FITS:
         _FITS["intent"] = fit_lm(tmp_path_factory.mktemp("intent"), "intent", INTENT_ROWS, arch="exaone-4.0-1.2b",
-                                 epochs=15)
+                                 epochs=25)
     return _FITS["intent"]
 
 
@@ -99,7 +99,7 @@ def test_sft_learns_and_logs_perplexity_and_generations(tmp_path):
 
 def test_intent_rank_mode_always_yields_a_valid_label(intent_fit):
     trainer, module, dm, losses = intent_fit
-    assert losses.epochs[-1] < 0.2 * losses.epochs[0], losses.epochs  # measured 0.02 under seed 0
+    assert losses.epochs[-1] < 0.2 * losses.epochs[0], losses.epochs  # measured 0.007 under seed 0
     module.prediction_mode = "rank"
     trainer.test(module, datamodule=dm, verbose=False)
     run = Path(trainer.default_root_dir)
@@ -111,7 +111,8 @@ def test_intent_rank_mode_always_yields_a_valid_label(intent_fit):
     assert metrics["test/unknown_rate"] == 0.0
     acc = np.mean([p["pred"] == p["target"] for p in preds])
     assert metrics["test/accuracy"] == pytest.approx(acc)
-    assert acc >= 0.9  # 12 memorized utterances: measured 1.0 (mean-token scoring; 0.75 with summed scores)
+    # 12 memorized utterances, 25 epochs: measured 1.0 (0.83 after 15 epochs, 0.92 after 20).
+    assert acc >= 0.9
     table = json.loads((run / "per_label.json").read_text())
     assert [r["label"] for r in table] == LABELS and sum(r["support"] for r in table) == len(INTENT_ROWS)
     assert (run / "plots" / "test_confusion_matrix.png").exists()

@@ -190,10 +190,20 @@ def test_sharding_divides_by_world_size_and_the_recommendation_is_the_simplest_t
     assert none["recommended"] is None
 
 
+def test_strategy_names_are_the_presets():
+    from trainer import plan as planner
+    from trainer.strategies import PRESETS, SHARDS_PARAMETERS
+
+    assert planner.STRATEGIES == PRESETS and planner.SHARDS_PARAMS == set(SHARDS_PARAMETERS)
+    assert set(planner.RECOMMEND_ORDER) == set(PRESETS) - {"fsdp1"}
+
+
 def test_qlora_13b_fits_a_24_gib_card():
     result = plan([KOMT_QLORA], gpus=1, gpu_memory=24)
     assert result["strategies"]["ddp"]["fits"] and result["recommended"] == "ddp"
     assert 8 < result["strategies"]["ddp"]["gib_per_gpu"] < 24
+    assert any("quant_storage" in note for note in result["strategies"]["fsdp"]["notes"])
+    assert not any("quant_storage" in note for note in result["strategies"]["ddp"]["notes"])
 
 
 @pytest.mark.parametrize("gpus, nodes, expected", [(1, 1, 32), (8, 1, 4), (4, 2, 4), (8, 4, 1), (3, 1, None),
@@ -247,6 +257,7 @@ def test_qwen2_5_vl_32b_qlora_keeps_the_vision_tower_unquantized(tmp_path):
     assert eight["accumulation"]["accumulate_grad_batches"] == 2
 
 
+@pytest.mark.slow
 def test_explicit_skip_modules_follow_transformers_matching(tmp_path):
     # transformers 5 matches skip patterns from the start of the module name or as a suffix: "visual" does not
     # keep model.visual.* unquantized, and an explicit list drops the default lm_head skip.

@@ -332,7 +332,8 @@ def apply_lora(model: nn.Module, lora: LoraSpec | None, task_type: str, quantize
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
 
     model = get_peft_model(model, lora.to_peft(task_type))
     model.print_trainable_parameters()

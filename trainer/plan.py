@@ -435,7 +435,8 @@ def build_meta_model(recipe: Recipe) -> Built:
         if recipe.quant is not None:
             with warnings.catch_warnings():  # transformers' deprecation notes about checkpointing names
                 warnings.simplefilter("ignore", FutureWarning)
-                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing,
+                                                        gradient_checkpointing_kwargs={"use_reentrant": False})
         task_type = "SEQ_CLS" if recipe.is_encoder else "CAUSAL_LM"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)

@@ -37,3 +37,18 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` from its file path (``scripts`` is not a package), once per session."""
+    import importlib.util
+    import sys
+
+    mod_name = f"_tuneloop_script_{name}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
+    return module

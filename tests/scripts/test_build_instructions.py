@@ -3,9 +3,7 @@ and the shipped instruction samples of scripts/make_instruction_samples.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from datamodules.records import RecordError, check_text, load_record_file, require_fields
+from tests.conftest import load_script as _load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "data" / "samples" / "instructions"
@@ -25,15 +24,6 @@ MISSION_INSTRUCTION = (
 )
 
 
-def _load_script(name: str):
-    mod_name = f"_tuneloop_script_{name}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

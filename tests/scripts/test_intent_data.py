@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from tests.conftest import load_script as _load_script
 
 REPO = Path(__file__).resolve().parents[2]
 INTENT = REPO / "data" / "samples" / "intent"
@@ -18,15 +17,6 @@ LABELS = ["지식", "이미지생성", "3D", "4D", "날씨", "일정", "잡담",
 HANGUL = re.compile(r"[가-힣]")
 
 
-def _load_script(name: str):
-    mod_name = f"_tuneloop_script_{name}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import load_script as _load_script
 
 REPO = Path(__file__).resolve().parents[2]
 TOK_DIR = REPO / "data" / "tokenizers" / "tiny-bpe"
@@ -22,15 +21,6 @@ KOREAN = [
 ]
 
 
-def _load_script(name: str):
-    mod_name = f"_tuneloop_script_{name}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,15 @@ class TuneloopModule(pl.LightningModule):
         self.optimizer_fn = optimizer
         self.scheduler_spec = scheduler or SchedulerSpec()
         self.model: torch.nn.Module | None = None
+        self._eval_outputs: list = []  # this process's test-step outputs, for predictions.jsonl and plots
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_outputs = []
+
+    def pop_eval_outputs(self) -> list:
+        """Test-step outputs of this process (for predictions.jsonl and plots), emptied on read."""
+        outputs, self._eval_outputs = self._eval_outputs, []
+        return outputs
 
     def plain_hyperparameters(self) -> None:
         """Store spec dataclasses in ``self.hparams`` as dicts: checkpoints stay loadable with

@@ -78,7 +78,6 @@ class CausalLMModule(TuneloopModule):
         self.tokenizer = load_tokenizer(backbone)
         self.labels: list[str] | None = None
         self._wired = False
-        self._eval_outputs: list[dict] = []
         # LoRA checkpoints hold the adapter only (see on_save_checkpoint); on_load_checkpoint checks that
         # every trainable tensor is there. Sharded strategies load before that hook, so say it up front.
         self.strict_loading = lora is None
@@ -204,9 +203,6 @@ class CausalLMModule(TuneloopModule):
             if self.bertscore_model:
                 self.test_bertscore.update(torch.tensor(self.bertscore(rows), device=self.device))
 
-    def on_test_epoch_start(self) -> None:
-        self._eval_outputs = []
-
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
         if self.labels:
@@ -293,10 +289,6 @@ class CausalLMModule(TuneloopModule):
             for row, ref in zip(rows, batch["reference"]):
                 row["reference" if not self.labels else "target"] = ref
         return rows
-
-    def pop_eval_outputs(self) -> list[dict]:
-        outputs, self._eval_outputs = self._eval_outputs, []
-        return outputs
 
     def prediction_records(self, outputs: list) -> list[dict]:
         """Rows from test outputs (already rows) or predict outputs (lists of rows per batch)."""

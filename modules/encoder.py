@@ -68,7 +68,6 @@ class EncoderModule(TuneloopModule):
         self.tokenizer = load_tokenizer(backbone)
         self.task: str | None = None
         self.label_names: list[str] = []
-        self._eval_outputs: list[dict] = []
 
     # ----- wiring to the data ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -173,16 +172,8 @@ class EncoderModule(TuneloopModule):
             out["target"] = batch["labels"].cpu()
         return out
 
-    def on_test_epoch_start(self) -> None:
-        self._eval_outputs = []
-
     def on_test_epoch_end(self) -> None:
         self.log_dict(compute_and_reset(self.test_metrics), sync_dist=True)
-
-    def pop_eval_outputs(self) -> list[dict]:
-        """Test-step outputs of this process (for predictions.jsonl and plots), emptied on read."""
-        outputs, self._eval_outputs = self._eval_outputs, []
-        return outputs
 
     # ----- artifacts --------------------------------------------------------------------------------
     def prediction_records(self, outputs: list[dict]) -> list[dict]:

@@ -53,7 +53,7 @@ class TuneloopCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=RunConfigSaver,
-            trainer_defaults={"callbacks": [RunArtifacts(), PredictionWriter(), AdapterExport()]},
+            trainer_defaults={"callbacks": []},  # fresh callbacks per run: before_instantiate_classes
             auto_configure_optimizers=False,
             parser_kwargs={"description": "tuneloop: one scaling-aware fine-tuning loop for many tasks."},
             args=args,
@@ -93,7 +93,7 @@ class TuneloopCLI(LightningCLI):
                 "trainer.accumulate_grad_batches is derived from data.batch (global / (micro x world size)); "
                 "set data.batch.global_batch_size instead"
             )
-        self._preset = self._apply_strategy_preset(cfg)
+        self._strategy = self._apply_strategy_preset(cfg)
         callbacks = [RunArtifacts(), PredictionWriter(), AdapterExport()]
         user_callbacks = cfg.trainer.callbacks or []
         has_bar = any("ProgressBar" in str(getattr(c, "class_path", "")) for c in user_callbacks)
@@ -101,8 +101,9 @@ class TuneloopCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         self.trainer_defaults["callbacks"] = callbacks
 
-    def _apply_strategy_preset(self, cfg: Namespace) -> str | None:
-        """Check a preset named in ``trainer.strategy`` before anything is built; returns its name.
+    def _apply_strategy_preset(self, cfg: Namespace) -> dict | str | None:
+        """Check a preset named in ``trainer.strategy`` before anything is built; returns its Trainer
+        strategy value (see ``trainer.strategies.preset_config``), or ``None`` when no preset is named.
 
         The config keeps the name (so the saved config.yaml reruns the same way); the Strategy object is
         made in ``instantiate_trainer``. QLoRA under parameter sharding gets its 4-bit storage dtype set to
@@ -116,7 +117,7 @@ class TuneloopCLI(LightningCLI):
         if not isinstance(name, str) or name not in PRESETS:
             return None
         cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-        preset_config(name, cuda=cuda)  # raises StrategyError with advice when it cannot run here
+        value = preset_config(name, cuda=cuda)  # raises StrategyError with advice when it cannot run here
         quant = cfg.model.get("init_args", Namespace()).get("quant") if cfg.get("model") else None
         storage = quant_storage_for(name, quant.compute_dtype) if quant else None
         if storage:
@@ -126,19 +127,14 @@ class TuneloopCLI(LightningCLI):
             if quant.quant_storage is None:
                 quant.quant_storage = storage
                 print(f"tuneloop: {name} shards the 4-bit base: quant_storage set to {storage}")
-        return name
+        return value
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        if getattr(self, "_preset", None):
-            import torch
+        strategy = getattr(self, "_strategy", None)
+        if strategy is not None:
             from lightning.pytorch.cli import instantiate_class
 
-            from trainer.strategies import preset_config
-
-            cfg = self._subconfig()
-            cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-            value = preset_config(self._preset, cuda=cuda)
-            kwargs["strategy"] = instantiate_class((), value) if isinstance(value, dict) else value
+            kwargs["strategy"] = instantiate_class((), strategy) if isinstance(strategy, dict) else strategy
         trainer = super().instantiate_trainer(**kwargs)
         if isinstance(self.datamodule, TuneloopDataModule):
             trainer.accumulate_grad_batches = self.datamodule.batch.accumulation(trainer.world_size)

@@ -88,3 +88,87 @@ class TuneloopModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+
+class AdapterModule(TuneloopModule):
+    """Base of the modules whose backbone can be trained through a PEFT adapter (causal LM, vision-language).
+
+    Subclasses set ``self.lora`` (a ``LoraSpec`` or ``None``) and ``self.tokenizer``. With an adapter:
+    checkpoints keep the trainable tensors only, and ``export_adapter`` writes one consolidated PEFT adapter
+    (gathered first when FSDP2 or ZeRO-3 shards it).
+    """
+
+    lora = None
+
+    def _trainable_keys(self) -> set[str]:
+        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A LoRA run changes only the adapter: its checkpoint keeps the trainable tensors, and the frozen
+        # base (4-bit under QLoRA, up to 32B) is rebuilt from model.backbone on load. Small and resumable.
+        if self.lora is not None:
+            keep = self._trainable_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                        if k in keep or not k.startswith("model.")}
+            checkpoint["tuneloop"] = {"adapter_only": True}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Sharded strategies load the weights themselves and hand over the checkpoint without them.
+        if checkpoint.get("tuneloop", {}).get("adapter_only") and "state_dict" in checkpoint:
+            missing = self._trainable_keys() - set(checkpoint["state_dict"])
+            if missing:
+                raise ValueError(f"checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
+                                 f"{sorted(missing)[0]}); was it trained with a different model.lora?")
+
+    def save_preprocessing(self, path) -> None:
+        """Write what turns inputs into model inputs next to the adapter (the tokenizer; processors too)."""
+        self.tokenizer.save_pretrained(path)
+
+    def export_adapter(self, path):
+        """Save the PEFT adapter (adapter_config.json, adapter_model.safetensors) and the tokenizer, once, on
+        rank 0. Called on every rank: a sharded (FSDP2) adapter is gathered into one first."""
+        if self.lora is None:
+            return None
+        state = self.full_state_dict()
+        strategy = self.trainer.strategy
+        if getattr(strategy, "zero_stage_3", False):
+            # ZeRO-3 partitions every parameter: gather the trainable (adapter) ones for the save.
+            # Not yet run on a GPU; see the scale-out notes.
+            import deepspeed
+
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+                if self.trainer.is_global_zero:
+                    state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        if not self.trainer.is_global_zero:
+            return None
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, state_dict=state)
+        self.save_preprocessing(path)
+        return path
+
+    def write_generations(self, rows: list[dict], columns: list[str], images: list | None = None) -> None:
+        """Append sample generations to ``generations.jsonl`` in the run directory and log them as the W&B
+        table ``val/generations`` (with an image column when ``images`` are given). Rank 0 only."""
+        import json
+        from pathlib import Path
+
+        if not self.trainer.is_global_zero or not rows:
+            return
+        path = Path(self.trainer.default_root_dir) / "generations.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                data = [[r[c] for c in columns] for r in rows]
+                cols = list(columns)
+                if images is not None:
+                    import wandb
+
+                    cols.append("image")
+                    data = [row + [wandb.Image(img)] for row, img in zip(data, images)]
+                logger.log_table(key="val/generations", columns=cols, data=data)

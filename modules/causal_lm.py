@@ -22,12 +22,12 @@ import torch
 from torchmetrics import MeanMetric, SumMetric
 
 from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora, build_model, load_tokenizer
-from modules.base import OptimizerCallable, TuneloopModule, default_optimizer
+from modules.base import AdapterModule, OptimizerCallable, default_optimizer
 from modules.metrics import LabelPredictionStats
 from trainer.optim import SchedulerSpec
 
 
-class CausalLMModule(TuneloopModule):
+class CausalLMModule(AdapterModule):
     """Fine-tune a decoder LM on instructions or on text labels (full, LoRA or QLoRA).
 
     Args:
@@ -122,27 +122,6 @@ class CausalLMModule(TuneloopModule):
         model = apply_lora(model, self.lora, task_type="CAUSAL_LM", quantized=self.quant is not None,
                            gradient_checkpointing=self.backbone.gradient_checkpointing)
         self.model = self.shard(model)
-
-    # ----- checkpoints ------------------------------------------------------------------------------------
-    def _trainable_keys(self) -> set[str]:
-        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # A LoRA run changes only the adapter: its checkpoint keeps the trainable tensors, and the frozen
-        # base (4-bit under QLoRA, up to 32B) is rebuilt from model.backbone on load. Small and resumable.
-        if self.lora is not None:
-            keep = self._trainable_keys()
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                        if k in keep or not k.startswith("model.")}
-            checkpoint["tuneloop"] = {"adapter_only": True}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Sharded strategies load the weights themselves and hand over the checkpoint without them.
-        if checkpoint.get("tuneloop", {}).get("adapter_only") and "state_dict" in checkpoint:
-            missing = self._trainable_keys() - set(checkpoint["state_dict"])
-            if missing:
-                raise ValueError(f"checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
-                                 f"{sorted(missing)[0]}); was it trained with a different model.lora?")
 
     # ----- loss -------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:
@@ -335,46 +314,10 @@ class CausalLMModule(TuneloopModule):
         self.model.eval()
         texts = self.generate(ids, mask, self.max_new_tokens)
         self.model.train(was_training)
-        if not self.trainer.is_global_zero:
-            return
         rows = [{"epoch": self.current_epoch, "step": self.global_step, "id": s["id"],
                  "prompt": self.tokenizer.decode(s["prompt_ids"], skip_special_tokens=True),
                  "generation": t, "reference": s["reference"]} for s, t in zip(samples, texts)]
-        path = Path(self.trainer.default_root_dir) / "generations.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                columns = ["epoch", "step", "id", "prompt", "generation", "reference"]
-                logger.log_table(key="val/generations", columns=columns, data=[[r[c] for c in columns] for r in rows])
-
-    # ----- adapters -----------------------------------------------------------------------------------------
-    def export_adapter(self, path: Path) -> Path | None:
-        """Save the PEFT adapter (adapter_config.json, adapter_model.safetensors) and the tokenizer, once, on
-        rank 0. Called on every rank: a sharded (FSDP2) adapter is gathered into one first."""
-        if self.lora is None:
-            return None
-        state = self.full_state_dict()
-        strategy = self.trainer.strategy
-        if getattr(strategy, "zero_stage_3", False):
-            # ZeRO-3 partitions every parameter: gather the trainable (adapter) ones for the save.
-            # Not yet run on a GPU; see the scale-out notes.
-            import deepspeed
-
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
-            with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
-                if self.trainer.is_global_zero:
-                    state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-        if not self.trainer.is_global_zero:
-            return None
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, state_dict=state)
-        self.tokenizer.save_pretrained(path)
-        return path
+        self.write_generations(rows, ["epoch", "step", "id", "prompt", "generation", "reference"])
 
 
 _PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)

@@ -246,10 +246,43 @@ def shrink_config(config, tokenizer, size: TinySpec):
         if isinstance(layer_types, list):
             cfg.layer_types = layer_types[: size.num_hidden_layers]
 
+    def shrink_rope_sections(cfg) -> None:
+        # Multimodal RoPE (Qwen2-VL family) splits each head's rotary half into temporal/height/width
+        # sections; they must sum to head_dim / 2 of the shrunk model.
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        sections = rope.get("mrope_section") if isinstance(rope, dict) else None
+        if not sections:
+            return
+        half = (size.hidden_size // heads) // 2
+        scaled = [max(1, round(s * half / sum(sections))) for s in sections]
+        scaled[-1] += half - sum(scaled)
+        rope["mrope_section"] = scaled
+
+    def shrink_vision(cfg, text_hidden: int) -> None:
+        # Vision towers (Qwen2.5-VL naming): depth/num_heads instead of num_hidden_layers/num_attention_heads;
+        # the merger projects into the language model's width.
+        if hasattr(cfg, "depth"):
+            cfg.depth = size.num_hidden_layers
+            if getattr(cfg, "fullatt_block_indexes", None):
+                cfg.fullatt_block_indexes = [size.num_hidden_layers - 1]
+        if hasattr(cfg, "num_heads"):
+            cfg.num_heads = heads
+        if hasattr(cfg, "out_hidden_size"):
+            cfg.out_hidden_size = text_hidden
+        if size.initializer_range is not None and hasattr(cfg, "initializer_range"):
+            cfg.initializer_range = size.initializer_range
+
     shrink(config)
     for sub in ("text_config",):
         if getattr(config, sub, None) is not None:
             shrink(getattr(config, sub))
+    for cfg in (config, getattr(config, "text_config", None)):
+        if cfg is not None:
+            shrink_rope_sections(cfg)
+    vision = getattr(config, "vision_config", None)
+    if vision is not None:
+        shrink(vision)
+        shrink_vision(vision, size.hidden_size)
 
     vocab = len(tokenizer)
     for cfg in (config, getattr(config, "text_config", None)):

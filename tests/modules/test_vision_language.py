@@ -1,0 +1,176 @@
+"""VisionLanguageModule on a tiny Qwen2.5-VL (random init, small vision tower, local tokenizer with the family's
+special tokens): QLoRA with 4-bit language layers and a full-precision frozen vision tower, decreasing loss,
+predictions with parsed alert decisions, adapter export that reloads to the same logits."""
+
+import json
+from functools import partial
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from datamodules.vision_instruction import VisionInstructionDataModule
+from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, TinySpec, apply_lora, build_model
+from modules.vision_language import VisionLanguageModule, lora_target_regex, vision_prefixes, vision_quant
+from tests.conftest import TOKENIZER, write_jsonl
+from trainer.callbacks import AdapterExport, RunArtifacts
+from trainer.optim import SchedulerSpec
+from trainer.scaling import BatchSpec
+
+QUESTION = "Raise an alert if any worker is missing a helmet or a safety vest. End with Alert: True or Alert: False."
+
+
+def backbone():
+    return BackboneSpec(name_or_path="Qwen/Qwen2.5-VL-32B-Instruct", arch_config="configs/models/qwen2.5-vl-32b",
+                        tokenizer=str(TOKENIZER), tiny=True, tiny_size=TinySpec(initializer_range=0.2))
+
+
+def scene(path, alert: bool, shade: int):
+    img = Image.new("RGB", (112, 112), (90 + shade, 140, 200))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([40, 40, 72, 100], fill=(255, 140, 0) if alert else (230, 230, 20))  # T-shirt vs vest
+    if not alert:
+        draw.rectangle([40, 60, 72, 64], fill=(235, 235, 235))  # reflective stripe
+    img.save(path)
+    return path.name
+
+
+def write_data(tmp_path):
+    rows = []
+    for i in range(8):
+        alert = i % 2 == 0
+        answer = ("Orange T-shirt, no vest. Alert: True" if alert else "Vest with stripes. Alert: False")
+        rows.append({"id": f"p{i}", "image": scene(tmp_path / f"p{i}.png", alert, 8 * i), "question": QUESTION,
+                     "answer": answer, "alert": alert, "type": "A"})
+    return str(write_jsonl(tmp_path / "ppe.jsonl", rows))
+
+
+class EpochLosses(pl.Callback):
+    def __init__(self):
+        self.epochs, self._batch = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._batch.append(float(outputs["loss"]))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs.append(float(np.mean(self._batch)))
+        self._batch = []
+
+
+@pytest.fixture(scope="module")
+def qlora_fit(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("vlm")
+    path = write_data(tmp_path)
+    pl.seed_everything(0)
+    dm = VisionInstructionDataModule(train_file=path, val_file=path, test_file=path, batch=BatchSpec(4, 4),
+                                     num_sample_generations=2, cache_dir=str(tmp_path / "cache"))
+    module = VisionLanguageModule(backbone=backbone(), lora=LoraSpec(r=8, alpha=16, dropout=0.0),
+                                  quant=QuantSpec(compute_dtype="float32"), max_new_tokens=8,
+                                  optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
+                                  scheduler=SchedulerSpec("constant"))
+    losses = EpochLosses()
+    trainer = pl.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
+                         check_val_every_n_epoch=4, default_root_dir=str(tmp_path / "run"),
+                         callbacks=[losses, RunArtifacts(), AdapterExport()])
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm)
+    return trainer, module, dm, losses, tmp_path
+
+
+def test_qlora_quantizes_the_language_model_only_and_trains_adapters_only(qlora_fit):
+    import bitsandbytes as bnb
+
+    _, module, _, _, _ = qlora_fit
+    model = module.model
+    four_bit = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and all(".language_model." in n for n in four_bit)
+    vision = [n for n, m in model.named_modules() if ".visual." in n and type(m) is torch.nn.Linear]
+    assert vision, "the vision tower keeps ordinary full-precision linear layers"
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if ".visual." in n)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and ".language_model." in n for n in trainable)
+    head = model.get_output_embeddings()
+    assert type(head) is torch.nn.Linear and not head.weight.requires_grad  # lm_head stays unquantized
+
+
+def test_qlora_few_step_fit_decreases_the_loss(qlora_fit):
+    _, _, _, losses, _ = qlora_fit
+    assert len(losses.epochs) == 8
+    assert losses.epochs[-1] < 0.7 * losses.epochs[0], losses.epochs
+    assert losses.epochs[-1] < losses.epochs[3] < losses.epochs[0]
+
+
+def test_test_run_writes_generations_predictions_and_alert_metrics(qlora_fit):
+    trainer, _, _, _, tmp_path = qlora_fit
+    run = tmp_path / "run"
+    rows = [json.loads(l) for l in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {r["id"] for r in rows} == {f"p{i}" for i in range(8)}
+    from modules.alerts import alert_summary, parse_alert
+
+    for r in rows:
+        assert set(r) >= {"generation", "pred_alert", "target_alert", "reference"}
+        assert r["pred_alert"] == parse_alert(r["generation"])
+    expected = alert_summary([r["target_alert"] for r in rows], [r["pred_alert"] for r in rows])
+    logged = trainer.callback_metrics
+    for key in ("accuracy", "precision", "recall", "f1", "false_positives", "false_negatives", "unparseable"):
+        assert float(logged[f"test/{key}"]) == pytest.approx(expected[key]), key
+    gens = [json.loads(l) for l in (run / "generations.jsonl").read_text().splitlines()]
+    assert len(gens) == 4 and {g["epoch"] for g in gens} == {3, 7}  # 2 images x 2 validation epochs
+    assert all("pred_alert" in g and g["target_alert"] in (True, False) for g in gens)
+    assert (run / "plots" / "test_alert_confusion_matrix.png").exists()
+
+
+def test_exported_adapter_reloads_on_the_4bit_base_with_the_same_logits(qlora_fit):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    _, module, dm, _, tmp_path = qlora_fit
+    adapter = tmp_path / "run" / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "preprocessor_config.json").exists()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "run" / "base_model")
+    batch = dm.collate_fn([dm.splits["val"][i] for i in range(2)])
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    module.eval()
+    with torch.no_grad():
+        expected = module(batch)
+    base = AutoModelForImageTextToText.from_pretrained(
+        config["base_model_name_or_path"], quantization_config=vision_quant(QuantSpec(compute_dtype="float32")).to_bnb(),
+        device_map={"": "cpu"}, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, str(adapter)).eval()
+    with torch.no_grad():
+        got = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                       mm_token_type_ids=batch["mm_token_type_ids"]).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("vision", ["frozen", "lora"])
+def test_lora_targets_the_language_model_unless_the_vision_tower_is_adapted(vision):
+    from modules.processor import load_vision_processor
+
+    spec = backbone()
+    proc, token_ids = load_vision_processor(spec)
+    model = build_model(__import__("transformers").AutoModelForImageTextToText, spec, proc.tokenizer, **token_ids)
+    assert vision_prefixes(model) == ["model.visual"]
+    assert model.config.image_token_id == proc.image_token_id  # the tiny config points at the local tokenizer
+    regex = lora_target_regex(model, include_vision=vision == "lora")
+    peft_model = apply_lora(model, LoraSpec(r=4, target_modules=regex), task_type="CAUSAL_LM")
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A." in n}
+    in_vision = {n for n in adapted if ".visual." in n}
+    in_language = adapted - in_vision
+    n_layers = model.config.text_config.num_hidden_layers
+    assert len(in_language) == 7 * n_layers  # q, k, v, o, gate, up, down per decoder layer
+    assert not any("lm_head" in n for n in adapted)
+    if vision == "lora":
+        assert in_vision and any(".merger." in n for n in in_vision)
+    else:
+        assert not in_vision
+
+
+def test_vision_lora_needs_an_adapter_config():
+    with pytest.raises(ValueError, match="model.vision=lora needs model.lora"):
+        VisionLanguageModule(backbone=backbone(), lora=None, vision="lora")

@@ -7,6 +7,12 @@ evaluation of MISSION §2. Three steps, each reading the JSONL the previous one 
 - ``summarize`` judgments -> statistics: the two score columns compared like a spreadsheet's analysis
   toolpak (descriptive statistics, paired two-sample t-test for means, F-test for variances).
 
+And one step of its own, the evaluation of MISSION §3:
+
+- ``alerts``    predictions of several models on the same test cases -> accuracy, precision, recall, F1,
+  false positives/negatives and unparseable outputs of their alert decisions, side by side (definitions and
+  parsing rules in :mod:`modules.alerts`).
+
 File formats (one JSON object per line):
 
 - questions: ``id`` (text or integer, unique), ``question`` (or ``instruction`` + optional ``input``),
@@ -14,6 +20,9 @@ File formats (one JSON object per line):
 - answers: ``id, model, question, reference, answer`` (one line per question and model).
 - judgments: ``id, model, score`` (1-5), ``reason``, ``closer`` (a model name or ``"Nothing"``, the same on
   both lines of a question).
+- predictions (``alerts``, one file per model, as ``tuneloop test``/``predict`` write them): ``id``,
+  ``target_alert`` (or ``alert``) true/false, and ``pred_alert`` true/false/null (null = unparseable) or,
+  without that key, ``generation`` (or ``answer``) to parse with :func:`modules.alerts.parse_alert`.
 """
 
 from __future__ import annotations
@@ -47,8 +56,24 @@ EPILOG = """examples:
       --url https://api.openai.com/v1 --judge-model gpt-4o --api-key-env OPENAI_API_KEY \\
       --out runs/compare/judgments.jsonl
   tuneloop compare summarize --judgments data/samples/compare/judgments.jsonl --a base --b tuned
+  tuneloop compare alerts --predictions runs/ppe-base/predictions.jsonl runs/ppe-tuned/predictions.jsonl \\
+      --names base tuned --out runs/compare/ppe
 
 Run `tuneloop compare <step> --help` for the options of a step."""
+
+
+ALERTS_DESCRIPTION = """\
+Score the alert decisions (positive = alert raised) of one or more models on the same test cases, one
+--predictions file per model, side by side: n, accuracy, precision, recall, F1, false positives, false
+negatives, unparseable.
+
+A line's prediction is 'pred_alert' (true, false, null = unparseable) or, without that key, the decision
+parsed from 'generation' (or 'answer'); its gold decision is 'target_alert' (or 'alert'). Unparseable
+outputs count as wrong in accuracy, never as predicted alerts, and as missed alerts in recall; false
+positives/negatives count parsed outputs only."""
+ALERTS_EPILOG = """example:
+  tuneloop compare alerts --predictions runs/ppe-base/predictions.jsonl runs/ppe-a/predictions.jsonl \\
+      runs/ppe-ad/predictions.jsonl --names base tuned_a tuned_ad --out runs/compare/ppe"""
 
 
 class CompareError(ValueError):
@@ -674,6 +699,200 @@ def run_summarize(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# alerts
+# ---------------------------------------------------------------------------------------------------------
+
+#: Rows of the alerts table: (key of modules.alerts.alert_summary, label).
+ALERT_ROWS = (("n", "n"), ("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall"),
+              ("f1", "F1"), ("false_positives", "false positives"), ("false_negatives", "false negatives"),
+              ("unparseable", "unparseable"))
+_GENERIC_STEMS = {"predictions", "prediction", "preds", "generations", "answers", "test"}
+
+
+def _prediction_rows(path: str) -> list[tuple[int, dict]]:
+    """``(line number, object)`` per non-blank line. Read as plain JSON (not through ``datasets``): a
+    missing ``pred_alert`` (parse the text) and ``"pred_alert": null`` (unparseable) must stay apart."""
+    p = Path(path)
+    if p.suffix.lower() != ".jsonl":
+        raise CompareError(f"{path}: expected a .jsonl file")
+    if not p.is_file():
+        raise FileNotFoundError(f"predictions file not found: {path}")
+    rows = []
+    with p.open(encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}:{lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise RecordError(f"{path}:{lineno}", None, f"expected a JSON object, got {type(obj).__name__}")
+            rows.append((lineno, obj))
+    if not rows:
+        raise RecordError(path, None, "file has no records")
+    return rows
+
+
+def load_alert_predictions(path: str) -> dict[str | int, tuple[bool, bool | None]]:
+    """Read a predictions JSONL (as ``tuneloop test``/``predict`` write it): ``{id: (gold, pred)}`` in file
+    order, ``pred`` ``None`` when unparseable.
+
+    Per line: ``id`` (text or integer, unique); the gold decision ``target_alert`` (or ``alert`` on a line
+    without a ``target_alert`` key), ``true``/``false``; the prediction ``pred_alert`` (``true``,
+    ``false`` or ``null`` = unparseable) or, when the line has no ``pred_alert`` key, the decision parsed with
+    :func:`modules.alerts.parse_alert` from ``generation`` (or ``answer``). Errors name ``file:line: field``.
+    """
+    from modules.alerts import parse_alert
+
+    cases: dict[str | int, tuple[bool, bool | None]] = {}
+    line_of: dict[str | int, int] = {}
+    for lineno, row in _prediction_rows(path):
+        where = f"{path}:{lineno}"
+        qid = row.get("id")
+        if qid is None:
+            raise RecordError(where, "id", "missing or null")
+        if isinstance(qid, bool) or not isinstance(qid, (str, int)) or (isinstance(qid, str) and not qid.strip()):
+            raise RecordError(where, "id", f"expected non-empty text or an integer, got {qid!r}")
+        if qid in line_of:
+            raise RecordError(where, "id", f"duplicate id {qid!r} (first at {path}:{line_of[qid]})")
+        line_of[qid] = lineno
+        gold_field = "alert" if "target_alert" not in row and "alert" in row else "target_alert"
+        gold = row.get(gold_field)
+        if gold is None:
+            raise RecordError(where, gold_field, "missing or null: every line needs the gold decision, true or false "
+                                                 "('target_alert', or 'alert' in files without 'target_alert')")
+        if not isinstance(gold, bool):
+            raise RecordError(where, gold_field, f"expected true or false, got {type(gold).__name__} {gold!r}")
+        if "pred_alert" in row:
+            pred = row["pred_alert"]
+            if pred is not None and not isinstance(pred, bool):
+                raise RecordError(where, "pred_alert", f"expected true, false or null (unparseable), got "
+                                                       f"{type(pred).__name__} {pred!r}")
+        else:
+            text_field = "generation" if "generation" in row else "answer" if "answer" in row else None
+            if text_field is None:
+                raise RecordError(where, "pred_alert", "missing: give 'pred_alert' (true/false/null) or the "
+                                                       "generated text as 'generation' (or 'answer') to parse")
+            text = row[text_field]
+            if not isinstance(text, str):
+                raise RecordError(where, text_field, f"expected text, got {type(text).__name__} {text!r}")
+            pred = parse_alert(text)
+        cases[qid] = (gold, pred)
+    return cases
+
+
+def _default_name(path: str) -> str:
+    """A file's stem, or its directory's name for a generic stem (runs/ppe-tuned/predictions.jsonl)."""
+    p = Path(path).resolve()
+    return p.parent.name if p.stem.lower() in _GENERIC_STEMS and p.parent.name else p.stem
+
+
+def alert_model_names(paths: list[str], names: list[str] | None) -> list[str]:
+    """``--names`` checked against ``--predictions``, or the default names; unique and well formed."""
+    if names is not None and len(names) != len(paths):
+        raise CompareError(f"--names gives {len(names)} name(s) for {len(paths)} --predictions file(s); "
+                           "give one name per file, in the same order")
+    flag = "--names" if names is not None else "default name (from the file name; set --names)"
+    names = names if names is not None else [_default_name(p) for p in paths]
+    for name, path in zip(names, paths):
+        if not _MODEL_NAME.match(name):
+            raise CompareError(f"{flag} {name!r} of {path}: a name must be letters, digits, '_', '.', '-'")
+    seen: dict[str, str] = {}
+    for name, path in zip(names, paths):
+        if name in seen:
+            raise CompareError(f"{flag}: {name!r} names both {seen[name]} and {path}; names must be unique")
+        seen[name] = path
+    return names
+
+
+def common_alert_ids(cases: dict[str, dict], paths: dict[str, str], intersect: bool) -> list[str | int]:
+    """The ids every model has, in the first file's order. Without ``intersect`` all files must cover the
+    same ids (else the error names how many differ and examples)."""
+    names = list(cases)
+    first = names[0]
+    common = [qid for qid in cases[first] if all(qid in cases[m] for m in names[1:])]
+    if not intersect:
+        for m in names[1:]:
+            only_first = [q for q in cases[first] if q not in cases[m]]
+            only_m = [q for q in cases[m] if q not in cases[first]]
+            if only_first or only_m:
+                parts = [f"{len(ids)} id(s) only in {paths[who]} (e.g. {ids[0]!r})"
+                         for who, ids in ((first, only_first), (m, only_m)) if ids]
+                raise CompareError(f"{paths[first]} and {paths[m]} cover different ids: {'; '.join(parts)}. "
+                                   "A side-by-side comparison needs the same cases; pass --intersect to compare on "
+                                   "the ids common to all files")
+    if not common:
+        raise CompareError("the prediction files have no id in common")
+    return common
+
+
+def _alert_cell(key: str, value: int | float) -> str:
+    return str(value) if key in ("n", "false_positives", "false_negatives", "unparseable") else f"{value:.4f}"
+
+
+def alerts_markdown(results: dict[str, dict]) -> str:
+    """The side-by-side table as Markdown: one row per figure, one column per model."""
+    names = list(results)
+    lines = ["| metric | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for key, label in ALERT_ROWS:
+        lines.append(f"| {label} | " + " | ".join(_alert_cell(key, results[m][key]) for m in names) + " |")
+    return ("\n".join(lines) + "\n\nPositive class: alert raised. Unparseable outputs count as wrong in accuracy, "
+            "never as predicted alerts, and as missed alerts in recall; false positives/negatives count parsed "
+            "outputs only.\n")
+
+
+def run_alerts(args: argparse.Namespace) -> dict:
+    """Alert metrics of every predictions file on the same cases; prints the table (or JSON), writes
+    ``alerts.json`` and ``alerts.md`` under ``--out``. Returns the JSON object."""
+    names = alert_model_names(args.predictions, args.names)  # before loading torch: option errors come fast
+    from modules.alerts import alert_summary
+
+    paths = dict(zip(names, args.predictions))
+    cases = {name: load_alert_predictions(path) for name, path in paths.items()}
+    ids = common_alert_ids(cases, paths, args.intersect)
+    first = names[0]
+    for name in names[1:]:
+        disagree = [qid for qid in ids if cases[name][qid][0] != cases[first][qid][0]]
+        if disagree:
+            raise CompareError(f"{paths[first]} and {paths[name]} disagree on the gold decision of {len(disagree)} "
+                               f"id(s) (e.g. {disagree[0]!r}); the files must come from the same test set")
+    results = {name: alert_summary([cases[name][qid][0] for qid in ids], [cases[name][qid][1] for qid in ids])
+               for name in names}
+    report = {
+        "cases": len(ids),
+        "dropped": {name: len(cases[name]) - len(ids) for name in names} if args.intersect else None,
+        "models": {name: {"file": paths[name], **results[name]} for name in names},
+    }
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "alerts.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (out / "alerts.md").write_text(alerts_markdown(results), encoding="utf-8")
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return report
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    dropped = ""
+    if args.intersect and any(report["dropped"].values()):
+        dropped = " (--intersect dropped " + ", ".join(f"{k} from {n}" for n, k in report["dropped"].items()) + ")"
+    console.print(f"tuneloop compare alerts: {len(ids)} cases x {len(names)} models{dropped}; positive = alert")
+    table = Table(title="Alert decisions", title_justify="left")
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    for key, label in ALERT_ROWS:
+        table.add_row(label, *(_alert_cell(key, results[m][key]) for m in names))
+    console.print(table)
+    if args.out:
+        console.print(f"-> {Path(args.out) / 'alerts.json'}, {Path(args.out) / 'alerts.md'}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------
 
@@ -683,11 +902,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tuneloop compare",
         description="Compare a base model with its fine-tuned version on questions with reference answers: "
         "generate answers, judge them against the references, summarize the two score columns (paired t-test, "
-        "F-test).",
+        "F-test). Or compare models' alert decisions on the same test cases (alerts).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    steps = parser.add_subparsers(dest="step", required=True, metavar="{generate,judge,summarize}")
+    steps = parser.add_subparsers(dest="step", required=True, metavar="{generate,judge,summarize,alerts}")
 
     gen = steps.add_parser(
         "generate", help="every model answers every question (greedy) -> answers JSONL",
@@ -760,11 +979,30 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print one JSON object (keys: " + ", ".join(STAT_KEYS) + ", closer) instead of tables")
     summ.add_argument("--alpha", type=float, default=0.05,
                       help="significance level of the critical values (default 0.05)")
+
+    alerts = steps.add_parser(
+        "alerts", help="accuracy, precision, recall, F1, false positives of alert decisions, models side by side",
+        description=ALERTS_DESCRIPTION, epilog=ALERTS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    alerts.add_argument("--predictions", nargs="+", required=True, metavar="FILE",
+                        help="predictions JSONL per model: id, target_alert (or alert) and pred_alert (or "
+                        "generation/answer to parse)")
+    alerts.add_argument("--names", nargs="+", default=None, metavar="NAME",
+                        help="one name per --predictions file, in order (default: the file's stem, or its directory's "
+                        "name for predictions.jsonl); unique")
+    alerts.add_argument("--out", default=None, metavar="DIR",
+                        help="also write DIR/alerts.json and DIR/alerts.md (the same figures)")
+    alerts.add_argument("--intersect", action="store_true",
+                        help="compare on the ids common to all files (default: files with different ids are an error)")
+    alerts.add_argument("--json", action="store_true",
+                        help="print one JSON object (cases, dropped, models: {name: {file, " + ", ".join(
+                            k for k, _ in ALERT_ROWS) + "}}) instead of the table")
     return parser
 
 
 def main(argv: list[str]) -> None:
-    """``tuneloop compare generate|judge|summarize ...``; a wrong input stops with a one-line error."""
+    """``tuneloop compare generate|judge|summarize|alerts ...``; a wrong input stops with a one-line error."""
     import os
 
     args = build_parser().parse_args(argv)
@@ -775,8 +1013,10 @@ def main(argv: list[str]) -> None:
             # The key is read here, at the edge, and passed in.
             api_key = read_api_key(args.api_key_env, dict(os.environ)) if args.judge == "http" else None
             run_judge(args, api_key)
-        else:
+        elif args.step == "summarize":
             run_summarize(args)
+        else:
+            run_alerts(args)
     except (CompareError, RecordError, JudgeError, FileNotFoundError) as e:
         raise SystemExit(f"tuneloop compare {args.step}: {e}") from None
 

@@ -6,22 +6,29 @@ preset                      what it is                                          
 ddp                         DistributedDataParallel (Lightning ``ddp``)                  CPU, GPU
 fsdp                        FSDP2 (``fully_shard``) per decoder layer, full shard over   CPU, GPU
                             all processes; bf16 mixed precision on GPU
-fsdp1                       Lightning ``FSDPStrategy`` (FSDP1); no per-layer wrap policy  GPU
-                            yet: the model is one unit (unverified, no GPU here)
+fsdp1                       Lightning ``FSDPStrategy`` (FSDP1), one FSDP unit per        GPU
+                            transformer block (``NoSplitModulesPolicy``) plus the root
 deepspeed_zero2             DeepSpeed ZeRO-2 (optimizer states + gradients sharded)      GPU
 deepspeed_zero3             DeepSpeed ZeRO-3 (parameters sharded too)                    GPU
 deepspeed_zero3_offload     ZeRO-3 with optimizer states and parameters on CPU memory    GPU
 =========================== ============================================================ ========
 
 Micro batch, accumulation (derived from the recipe's global batch), gradient clipping and precision come
-from the recipe and the Trainer, so every preset runs the same optimization.
+from the recipe and the Trainer, so every preset runs the same optimization. The DeepSpeed presets use
+:class:`TuneloopDeepSpeedStrategy`, which fixes the one place where Lightning's DeepSpeed integration does
+not (gradients were divided by the accumulation steps twice).
 """
 
 from __future__ import annotations
 
+import weakref
 from datetime import timedelta
+from typing import Any
 
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
+from torch import Tensor, nn
+
+from trainer.scaling import BatchSpec
 
 PRESETS = ("ddp", "fsdp", "fsdp1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
 CUDA_ONLY = ("fsdp1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
@@ -57,10 +64,92 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
 
-def preset_config(name: str, *, cuda: bool, quantized: bool = False) -> dict | str:
-    """The Trainer ``strategy`` value of a preset (a registry name or a class_path/init_args dict).
+class NoSplitModulesPolicy:
+    """FSDP1 ``auto_wrap_policy``: one FSDP unit per transformer block, the blocks being the classes the model
+    itself declares unsplittable (``_no_split_modules`` of any submodule, e.g. ``LlamaDecoderLayer`` on the
+    inner model of a PEFT-wrapped Llama), the same rule as the FSDP2 preset (``TuneloopModule.shard``).
 
-    Raises :class:`StrategyError` for presets that need CUDA when there is none.
+    A callable in torch's FSDP1 protocol ``policy(module, recurse, nonwrapped_numel) -> bool`` (see
+    ``torch.distributed.fsdp.wrap._module_wrap_policy``): it always recurses, and wraps a module whose class
+    name is a block. The strategy exists before the model (built in ``configure_model``), so the block names
+    are read from the root module FSDP calls the policy with first; a later root (another model) is read
+    again. Usable by class path (``trainer.strategies.NoSplitModulesPolicy``) in a config.
+
+    Args:
+        block_names: Class names to wrap; ``None`` (the default): read them from the model.
+    """
+
+    def __init__(self, block_names: list[str] | None = None):
+        self.block_names = list(block_names) if block_names else None
+        self._names = frozenset(self.block_names or ())
+        self._tree: weakref.WeakSet = weakref.WeakSet()  # modules of the root the names were read from
+
+    def __call__(self, module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
+        if recurse:
+            if self.block_names is None and module not in self._tree:
+                self._read_blocks(module)
+            return True
+        return type(module).__name__ in self._names
+
+    def _read_blocks(self, root: nn.Module) -> None:
+        names = {n for m in root.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+        if not any(type(m).__name__ in names for m in root.modules() if m is not root):
+            raise TypeError(f"{type(root).__name__} declares no transformer blocks (_no_split_modules) to wrap; "
+                            "pass NoSplitModulesPolicy(block_names=[...]) or use another strategy")
+        self._names = frozenset(names)
+        self._tree = weakref.WeakSet(root.modules())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(block_names={self.block_names or sorted(self._names) or None})"
+
+
+class TuneloopDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's ``DeepSpeedStrategy`` with the recipe's optimization (the DeepSpeed presets).
+
+    Lightning writes the run-dependent part of the DeepSpeed config once, at fit time (``_format_config``,
+    first called from ``model_sharded_context`` around ``configure_model``, after the Trainer and the data
+    are attached): ``gradient_accumulation_steps`` is ``trainer.accumulate_grad_batches`` (set by the CLI from
+    ``data.batch``), ``gradient_clipping`` is ``trainer.gradient_clip_val`` (applied once, by DeepSpeed:
+    Lightning's own clipping is a no-op under ``DeepSpeedPrecision``), ``bf16``/``fp16`` follow the Trainer
+    precision, and ``train_micro_batch_size_per_gpu`` is the train loader's batch size. Changes:
+
+    * **Loss scaling.** Lightning divides each micro batch's loss by ``accumulate_grad_batches``, and
+      ``DeepSpeedEngine.backward`` divides it again by ``gradient_accumulation_steps`` (``scale_wrt_gas``):
+      gradients came out ``1/accumulation`` of the mean over the global batch, and clipping compared a norm
+      that much too small. Under automatic optimization the engine is told not to scale again.
+    * **Micro batch** from the recipe (``data.batch.micro_batch_size``) rather than from an extra
+      ``train_dataloader()`` call and its batch sampler.
+    * **Offloaded optimizer**: DeepSpeed refuses a client optimizer (the recipe's, e.g. ``torch.optim.AdamW``)
+      when optimizer states live on the CPU unless ``zero_force_ds_cpu_optimizer`` is false; it is set false
+      (unless the config says otherwise), so the recipe's optimizer steps the CPU copy.
+    """
+
+    def backward(self, closure_loss: Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> Tensor:
+        module = self.lightning_module
+        if module is not None and module.automatic_optimization:
+            kwargs.setdefault("scale_wrt_gas", False)  # the loss is already divided by accumulate_grad_batches
+        return super().backward(closure_loss, optimizer, *args, **kwargs)
+
+    def _format_batch_size_and_grad_accum_config(self) -> None:
+        if self.lightning_module is not None:
+            batch = getattr(self.lightning_module.trainer.datamodule, "batch", None)
+            if isinstance(batch, BatchSpec):
+                self.config.setdefault("train_micro_batch_size_per_gpu", batch.micro_batch_size)
+        super()._format_batch_size_and_grad_accum_config()
+
+    def _format_config(self) -> None:
+        super()._format_config()
+        offload = (self.config.get("zero_optimization") or {}).get("offload_optimizer") or {}
+        if offload.get("device", "none") != "none":
+            self.config.setdefault("zero_force_ds_cpu_optimizer", False)
+
+
+def preset_config(name: str, *, cuda: bool, quantized: bool = False) -> dict | str:
+    """The Trainer ``strategy`` value of a preset (a registry name or a class_path/init_args dict, whose
+    ``init_args`` may hold objects: the CLI builds it with ``instantiate_class``).
+
+    Raises :class:`StrategyError` for presets that need CUDA when ``cuda`` is false; ``cuda=True`` builds
+    any preset's value (constructing the strategy object needs no GPU, only running it does).
     """
     if name not in PRESETS:
         raise StrategyError(f"unknown strategy preset {name!r}; presets: {', '.join(PRESETS)}")
@@ -76,11 +165,11 @@ def preset_config(name: str, *, cuda: bool, quantized: bool = False) -> dict | s
                 "init_args": {"process_group_backend": "nccl" if cuda else "gloo"}}
     if name == "fsdp1":
         return {"class_path": "lightning.pytorch.strategies.FSDPStrategy",
-                "init_args": {"sharding_strategy": "FULL_SHARD", "auto_wrap_policy": None,
+                "init_args": {"sharding_strategy": "FULL_SHARD", "auto_wrap_policy": NoSplitModulesPolicy(),
                               "use_orig_params": True, "state_dict_type": "full"}}
     stage = 2 if name == "deepspeed_zero2" else 3
     offload = name == "deepspeed_zero3_offload"
-    return {"class_path": "lightning.pytorch.strategies.DeepSpeedStrategy",
+    return {"class_path": "trainer.strategies.TuneloopDeepSpeedStrategy",
             "init_args": {"stage": stage, "offload_optimizer": offload, "offload_parameters": offload}}
 
 

@@ -14,12 +14,13 @@ LIGHTNING_COMMANDS = {
     "fit": "Train a model (stack configs with -c; add --print_config to see the resolved config).",
     "validate": "Evaluate on the validation split.",
     "test": "Evaluate on the test split; writes metrics.json, predictions.jsonl and plots to the run dir.",
-    "predict": "Predict the data's predict file (default: test file); writes predictions.jsonl.",
+    "predict": "Predict the data's predict file (default: test file); writes predictions.predict.jsonl.",
 }
 TUNELOOP_COMMANDS = {
     "cv": "K-fold cross-validation of a recipe: one fit per fold, then a per-fold/mean ± std table.",
     "merge": "Merge a LoRA adapter into its base model (merge_and_unload) and save safetensors.",
-    "compare": "Base vs tuned: generate answers, judge them 1-5, summarize with paired statistics.",
+    "compare": "Base vs tuned: generate answers, judge them 1-5, summarize with paired statistics; alerts: "
+               "alert-decision metrics of prediction files side by side.",
     "plan": "Parameters (exactly, on the meta device) and per-GPU memory of a recipe for every strategy.",
 }
 # tuneloop's own commands: module with a main(argv) each.

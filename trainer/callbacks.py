@@ -170,7 +170,8 @@ class AdapterExport(Callback):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """``tuneloop predict`` writes ``predictions.jsonl`` (one row per record) into the run directory."""
+    """``tuneloop predict`` writes ``predictions.predict.jsonl`` (one row per record) into the run directory,
+    beside the test split's ``predictions.jsonl`` (which it leaves as it is)."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="epoch")
@@ -180,7 +181,7 @@ class PredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         outputs = [o for rank_outputs in gathered for o in rank_outputs]
-        path = run_dir(trainer) / "predictions.jsonl"
+        path = run_dir(trainer) / "predictions.predict.jsonl"
         rows = _dedupe(pl_module.prediction_records(outputs))
         write_jsonl(path, rows)
         print(f"wrote {len(rows)} predictions to {path}")

@@ -174,3 +174,46 @@ def test_lora_targets_the_language_model_unless_the_vision_tower_is_adapted(visi
 def test_vision_lora_needs_an_adapter_config():
     with pytest.raises(ValueError, match="model.vision=lora needs model.lora"):
         VisionLanguageModule(backbone=backbone(), lora=None, vision="lora")
+
+
+@pytest.mark.slow
+def test_recipe_with_debug_overlay_fits_predicts_and_compares_alerts(tmp_path, capsys):
+    """The issue's path: fit the production recipe with the debug overlay (4-bit language layers on CPU) on the
+    A-only and the A-D sets, predict with parsed decisions, then `tuneloop compare alerts` on the two runs."""
+    from modules.alerts import alert_summary
+    from trainer import compare
+    from trainer.cli import TuneloopCLI
+
+    recipe = "configs/vlm/qwen2.5-vl-32b-qlora.yaml"
+    common = ["-c", recipe, "-c", "configs/debug.yaml", f"--run.root={tmp_path}", "--trainer.logger=false",
+              "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=4",
+              "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=3", "--trainer.limit_predict_batches=2",
+              "--model.init_args.max_new_tokens=12", "--data.init_args.num_sample_generations=1"]
+    runs = {}
+    for name, train in (("a_only", "train_a.jsonl"), ("a_to_d", "train_ad.jsonl")):
+        cli = TuneloopCLI(args=["fit", *common, f"--run.version={name}",
+                                f"--data.init_args.train_file=data/samples/ppe/{train}"])
+        import bitsandbytes as bnb
+
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in cli.model.model.modules())
+        runs[name] = tmp_path / "vlm-ppe-qlora" / name
+    run = runs["a_to_d"]
+    metrics = json.loads((run / "metrics.json").read_text())["test"]["metrics"]
+    assert {"test/loss", "test/accuracy", "test/f1", "test/false_positives", "test/unparseable"} <= set(metrics)
+    TuneloopCLI(args=["predict", *common, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    predicted = [json.loads(l) for l in (run / "predictions.predict.jsonl").read_text().splitlines()]
+    assert len(predicted) == 2 and all("pred_alert" in r and isinstance(r["generation"], str) for r in predicted)
+    assert all(r["target_alert"] in (True, False) for r in predicted)  # the test file is labelled
+
+    capsys.readouterr()
+    files = [str(runs[n] / "predictions.jsonl") for n in runs]
+    compare.main(["alerts", "--predictions", *files, "--names", *runs, "--out", str(tmp_path / "cmp")])
+    table = capsys.readouterr().out
+    assert "a_only" in table and "a_to_d" in table and "unparseable" in table.lower()
+    result = json.loads((tmp_path / "cmp" / "alerts.json").read_text())
+    rows = [json.loads(l) for l in (runs["a_only"] / "predictions.jsonl").read_text().splitlines()]
+    expected = alert_summary([r["target_alert"] for r in rows], [r["pred_alert"] for r in rows])
+    got = result["models"]["a_only"]
+    assert result["cases"] == got["n"] == 3
+    for key in ("accuracy", "precision", "recall", "f1", "false_positives", "false_negatives", "unparseable"):
+        assert got[key] == pytest.approx(expected[key]), key

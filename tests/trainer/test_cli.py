@@ -110,7 +110,7 @@ def test_fit_with_csv_logger_then_test_and_predict_into_the_same_run(tmp_path):
     assert {"fit", "test"} <= set(metrics) and "test/f1_macro" in metrics["test"]["metrics"]
     assert (run / "config.test.yaml").exists()
     TuneloopCLI(args=["predict", *args, "--trainer.limit_predict_batches=2"])
-    rows = [json.loads(l) for l in (run / "predictions.jsonl").read_text().splitlines()]
+    rows = [json.loads(l) for l in (run / "predictions.predict.jsonl").read_text().splitlines()]
     assert len(rows) == 32  # 2 micro batches of 16
     labels = {"none", "porosity", "lack_of_fusion", "humping", "cracking", "spatter", "undercut"}
     assert all(r["pred"] in labels and set(r["probs"]) == labels for r in rows)
@@ -182,5 +182,6 @@ def test_intent_recipe_test_and_predict_in_both_prediction_modes(tmp_path):
         assert (run / "plots" / "test_confusion_matrix.png").exists() and (run / "per_label.json").exists()
     TuneloopCLI(args=["predict", *base, ckpt, "--trainer.limit_predict_batches=1",
                       "--model.init_args.prediction_mode=rank"])
-    rows = [json.loads(l) for l in (run / "predictions.jsonl").read_text().splitlines()]
+    rows = [json.loads(l) for l in (run / "predictions.predict.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["pred"] in labels for r in rows)
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == 8  # the test predictions stay

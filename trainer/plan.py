@@ -204,6 +204,11 @@ class Recipe:
     optimizer_args: dict = field(default_factory=dict)
     task: str | None = None
     num_labels: int | None = None
+    vision: str = "frozen"  # VisionLanguageModule: frozen vision tower, or LoRA on it too
+
+    @property
+    def is_vision_language(self) -> bool:
+        return self.model_class_path.rsplit(".", 1)[-1] == "VisionLanguageModule"
 
     @property
     def is_encoder(self) -> bool:
@@ -282,7 +287,8 @@ def read_recipe(paths: list[str], seq_len: int | None = None) -> Recipe:
 
     recipe = Recipe(paths=list(paths), model_class_path=model_cp, data_class_path=data_cp, backbone=backbone,
                     lora=lora, quant=quant, batch=batch, seq_len=seq_len, seq_len_source=source,
-                    precision=precision, optimizer=optimizer, optimizer_args=optimizer_args)
+                    precision=precision, optimizer=optimizer, optimizer_args=optimizer_args,
+                    vision=model_args.get("vision") or "frozen")
     if recipe.is_encoder:
         task = data_args.get("task")
         if task is None:
@@ -427,7 +433,12 @@ def build_meta_model(recipe: Recipe) -> Built:
             model = cls._from_config(config, dtype=spec.torch_dtype)
     quantized, patterns, kept = {}, [], []
     if recipe.quant is not None:
-        quantized, patterns, kept = _quantize_on_meta(model, recipe.quant)
+        quant = recipe.quant
+        if recipe.is_vision_language:
+            from modules.vision_language import vision_quant
+
+            quant = vision_quant(quant)  # the module's default: vision tower and projector unquantized
+        quantized, patterns, kept = _quantize_on_meta(model, quant)
     base_total = _peft_count(model)[1]
     if recipe.lora is not None:
         from peft import get_peft_model, prepare_model_for_kbit_training
@@ -438,9 +449,17 @@ def build_meta_model(recipe: Recipe) -> Built:
                 model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing,
                                                         gradient_checkpointing_kwargs={"use_reentrant": False})
         task_type = "SEQ_CLS" if recipe.is_encoder else "CAUSAL_LM"
+        lora = recipe.lora
+        if recipe.is_vision_language and lora.target_modules == "all-linear":
+            from modules.backbone import LoraSpec
+            from modules.vision_language import lora_target_regex
+
+            # As the module resolves it: the language model's linear layers (the vision tower's too with lora).
+            lora = LoraSpec(**{**lora.__dict__,
+                               "target_modules": lora_target_regex(model, include_vision=recipe.vision == "lora")})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            model = get_peft_model(model, recipe.lora.to_peft(task_type), low_cpu_mem_usage=True)
+            model = get_peft_model(model, lora.to_peft(task_type), low_cpu_mem_usage=True)
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             model.print_trainable_parameters()

@@ -21,7 +21,7 @@ BERT = "configs/encoder/waam-multilabel.yaml"
 DEBUG = "configs/debug.yaml"
 
 QWEN_VL_QLORA = """
-# Minimal Qwen2.5-VL-32B QLoRA recipe for the planner (the VLM module comes later; CausalLMModule stands in).
+# Qwen2.5-VL-32B QLoRA through the causal-LM module (no vision-specific defaults), for skip-pattern checks.
 trainer:
   precision: bf16-mixed
 model:
@@ -239,9 +239,15 @@ def test_qwen2_5_vl_32b_qlora_keeps_the_vision_tower_unquantized(tmp_path):
     import transformers
     from transformers import AutoConfig
 
-    recipe = _overlay(tmp_path, "qwen-vl-qlora.yaml", QWEN_VL_QLORA)
+    recipe = "configs/vlm/qwen2.5-vl-32b-qlora.yaml"
     built = build_meta_model(read_recipe([recipe]))
     assert built.base_class == "Qwen2_5_VLForConditionalGeneration"
+    # LoRA r=16 on the language model's 7 projections per layer only (the vision tower is frozen), as the module.
+    text = AutoConfig.from_pretrained(str(ROOT / "configs/models/qwen2.5-vl-32b")).text_config
+    h, kv, inter = text.hidden_size, text.num_key_value_heads * (text.hidden_size // text.num_attention_heads), \
+        text.intermediate_size
+    per_layer = 16 * ((h + h) * 2 + (h + kv) * 2 + (h + inter) * 2 + (inter + h))
+    assert built.trainable == text.num_hidden_layers * per_layer == 134_217_728
     assert built.quantized and not any(".visual." in name for name in built.quantized)
     assert not any("lm_head" in name for name in built.quantized)
     assert any(".language_model.layers.0.mlp.down_proj" in name for name in built.quantized)

@@ -120,6 +120,28 @@ class AdapterModule(TuneloopModule):
                 raise ValueError(f"checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
                                  f"{sorted(missing)[0]}); was it trained with a different model.lora?")
 
+    def build_backbone(self, auto_class, quant=None, **config_overrides) -> torch.nn.Module:
+        """``self.backbone``'s model (``modules.backbone.build_model``). A tiny model's random base is written
+        once, by rank 0, to ``<run dir>/base_model`` with its preprocessing (adapters name it as their base);
+        the other ranks wait for it and load the same weights."""
+        from pathlib import Path
+
+        from modules.backbone import build_model
+
+        run_dir = Path(self.trainer.default_root_dir) if self._trainer is not None else None
+        tiny_dir = run_dir / "base_model" if (self.backbone.tiny and run_dir is not None) else None
+        fresh = tiny_dir is not None and not (tiny_dir / "config.json").exists()
+        if tiny_dir is not None and not self.trainer.is_global_zero:
+            self.trainer.strategy.barrier("tiny-base")  # rank 0 writes the random base first
+        device = self.trainer.strategy.root_device if (self._trainer is not None and quant is not None) else None
+        model = build_model(auto_class, self.backbone, self.tokenizer, quant=quant, device=device,
+                            tiny_dir=tiny_dir, **config_overrides)
+        if tiny_dir is not None and self.trainer.is_global_zero:
+            if fresh:
+                self.save_preprocessing(tiny_dir)
+            self.trainer.strategy.barrier("tiny-base")
+        return model
+
     def save_preprocessing(self, path) -> None:
         """Write what turns inputs into model inputs next to the adapter (the tokenizer; processors too)."""
         self.tokenizer.save_pretrained(path)

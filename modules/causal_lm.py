@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torchmetrics import MeanMetric, SumMetric
 
-from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora, build_model, load_tokenizer
+from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora, load_tokenizer
 from modules.base import AdapterModule, OptimizerCallable, default_optimizer
 from modules.metrics import LabelPredictionStats
 from trainer.optim import SchedulerSpec
@@ -110,15 +110,7 @@ class CausalLMModule(AdapterModule):
             return
         from transformers import AutoModelForCausalLM
 
-        run_dir = Path(self.trainer.default_root_dir) if self._trainer is not None else None
-        tiny_dir = run_dir / "base_model" if (self.backbone.tiny and run_dir is not None) else None
-        if tiny_dir is not None and not self.trainer.is_global_zero:
-            self.trainer.strategy.barrier("tiny-base")  # rank 0 writes the random base first
-        device = self.trainer.strategy.root_device if self._trainer is not None else None
-        model = build_model(AutoModelForCausalLM, self.backbone, self.tokenizer, quant=self.quant,
-                            device=device if self.quant is not None else None, tiny_dir=tiny_dir)
-        if tiny_dir is not None and self.trainer.is_global_zero:
-            self.trainer.strategy.barrier("tiny-base")
+        model = self.build_backbone(AutoModelForCausalLM, quant=self.quant)
         model = apply_lora(model, self.lora, task_type="CAUSAL_LM", quantized=self.quant is not None,
                            gradient_checkpointing=self.backbone.gradient_checkpointing)
         self.model = self.shard(model)

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora, build_model
+from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora
 from modules.base import OptimizerCallable, default_optimizer
 from modules.causal_lm import CausalLMModule
 from trainer.optim import SchedulerSpec
@@ -131,19 +131,8 @@ class VisionLanguageModule(CausalLMModule):
             return
         from transformers import AutoModelForImageTextToText
 
-        run_dir = Path(self.trainer.default_root_dir) if self._trainer is not None else None
-        tiny_dir = run_dir / "base_model" if (self.backbone.tiny and run_dir is not None) else None
-        if tiny_dir is not None and not self.trainer.is_global_zero:
-            self.trainer.strategy.barrier("tiny-base")  # rank 0 writes the random base first
-        device = self.trainer.strategy.root_device if self._trainer is not None else None
         quant = vision_quant(self.quant)
-        model = build_model(AutoModelForImageTextToText, self.backbone, self.tokenizer, quant=quant,
-                            device=device if quant is not None else None, tiny_dir=tiny_dir,
-                            **self._config_token_ids)
-        if tiny_dir is not None and self.trainer.is_global_zero:
-            if not (tiny_dir / "preprocessor_config.json").exists():
-                self.processor.image_processor.save_pretrained(tiny_dir)
-            self.trainer.strategy.barrier("tiny-base")
+        model = self.build_backbone(AutoModelForImageTextToText, quant=quant, **self._config_token_ids)
         lora = self.lora
         if lora is not None and lora.target_modules == "all-linear":
             lora = LoraSpec(**{**lora.__dict__, "target_modules": lora_target_regex(model, self.vision == "lora")})

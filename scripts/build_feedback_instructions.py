@@ -70,20 +70,19 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import json
 import os
 import re
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from datamodules.records import RecordError
+from trainer.chat_client import InvalidResponse, RequestRejected, StrictChatClient
+from trainer.chat_client import EndpointUnavailable as TeacherUnavailable
+from trainer.jsonl_out import append_jsonl, json_lines, rejects_path_for, truncate_unfinished, written_ids
 
 TYPES = ("A", "B", "C", "D")
 FAILURES = {"false_positive": False, "false_negative": True}  # failure -> the correct alert decision
@@ -122,16 +121,12 @@ _VIOLATION = re.compile(
 )
 
 
-class InvalidDraft(ValueError):
-    """The teacher answered, but not with a usable record (asked again with this message)."""
+class InvalidDraft(InvalidResponse):
+    """The teacher answered, but not with a usable record (asked again with this message).
 
-
-class RequestRejected(RuntimeError):
-    """The teacher refuses this request (HTTP 400, too long): the record is rejected without retry."""
-
-
-class TeacherUnavailable(RuntimeError):
-    """The teacher cannot be reached: the run stops; re-run to resume."""
+    ``RequestRejected`` (the teacher refuses this request: the record is rejected without retry) and
+    ``TeacherUnavailable`` (cannot be reached: the run stops; re-run to resume) come from
+    ``trainer.chat_client``, as does ``InvalidResponse`` (not a chat-completions response), this class's base."""
 
 
 # ----- input ------------------------------------------------------------------------------------------------
@@ -171,31 +166,23 @@ def read_feedback(path: str | Path) -> list[Case]:
     base = Path(os.path.abspath(path.parent))
     cases: list[Case] = []
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            location = f"{path}:{lineno}"
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise RecordError(location, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise RecordError(location, None, f"expected a JSON object, got {type(obj).__name__}")
-            values = {name: _text(obj, name, location) for name in REQUIRED}
-            if values["id"] in first_line:
-                first = first_line[values["id"]]
-                raise RecordError(location, "id", f"duplicate id {values['id']!r} (first on line {first})")
-            if values["failure"] not in FAILURES:
-                raise RecordError(location, "failure",
-                                  f"unknown value {values['failure']!r}; expected one of {', '.join(FAILURES)}")
-            image = base / values["image"]
-            if not image.is_file():
-                raise RecordError(location, "image", f"image file not found: {image}")
-            model_output = _text(obj, "model_output", location, required=False)
-            first_line[values["id"]] = lineno
-            cases.append(Case(values["id"], image, values["scenario"], values["failure"], values["feedback"],
-                              model_output, location))
+    for lineno, location, obj in json_lines(path):
+        if not isinstance(obj, dict):
+            raise RecordError(location, None, f"expected a JSON object, got {type(obj).__name__}")
+        values = {name: _text(obj, name, location) for name in REQUIRED}
+        if values["id"] in first_line:
+            first = first_line[values["id"]]
+            raise RecordError(location, "id", f"duplicate id {values['id']!r} (first on line {first})")
+        if values["failure"] not in FAILURES:
+            raise RecordError(location, "failure",
+                              f"unknown value {values['failure']!r}; expected one of {', '.join(FAILURES)}")
+        image = base / values["image"]
+        if not image.is_file():
+            raise RecordError(location, "image", f"image file not found: {image}")
+        model_output = _text(obj, "model_output", location, required=False)
+        first_line[values["id"]] = lineno
+        cases.append(Case(values["id"], image, values["scenario"], values["failure"], values["feedback"],
+                          model_output, location))
     if not cases:
         raise RecordError(str(path), None, "file has no records")
     return cases
@@ -414,13 +401,8 @@ def image_data_url(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
-def chat_completions_url(url: str) -> str:
-    url = url.rstrip("/")
-    return url if url.endswith("/chat/completions") else url + "/chat/completions"
-
-
 class HttpTeacher:
-    """An OpenAI-compatible vision chat-completions endpoint, through ``urllib``.
+    """An OpenAI-compatible vision chat-completions endpoint (``trainer.chat_client.ChatClient``, ``urllib``).
 
     Args:
         url: Endpoint or base URL (``/chat/completions`` is appended when missing).
@@ -433,51 +415,19 @@ class HttpTeacher:
 
     def __init__(self, url: str, model: str, api_key: str | None = None, temperature: float = 0.0,
                  max_tokens: int = 768, timeout: float = 180.0, connect_retries: int = 3, backoff: float = 2.0):
-        self.url = chat_completions_url(url)
-        self.model, self.api_key = model, api_key
-        self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
-        self.connect_retries, self.backoff = connect_retries, backoff
+        # Only 429 and 5xx are retried; any other status but 400, 413, 422 stops the run.
+        self.client = StrictChatClient(url, model, api_key=api_key, timeout=timeout, connect_retries=connect_retries,
+                                       backoff=backoff, temperature=temperature, max_tokens=max_tokens)
+        self.url = self.client.url
 
     def complete(self, system: str, text: str, image: Path) -> str:
-        body = json.dumps({
-            "model": self.model,
-            "messages": [
-                {"role": "system", "content": system},
-                {"role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": image_data_url(image)}},
-                    {"type": "text", "text": text},
-                ]},
-            ],
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        problem = ""
-        for attempt in range(self.connect_retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = response.read()
-            except urllib.error.HTTPError as e:
-                detail = e.read()[:300].decode("utf-8", "replace")
-                if e.code == 429 or e.code >= 500:
-                    problem = f"HTTP {e.code}: {detail}"
-                    continue
-                if e.code in (400, 413, 422):
-                    raise RequestRejected(f"HTTP {e.code}: {detail}") from None
-                raise TeacherUnavailable(f"{self.url}: HTTP {e.code}: {detail}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-                problem = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-                continue
-            try:
-                return json.loads(payload)["choices"][0]["message"]["content"] or ""
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise InvalidDraft(f"not a chat-completions response: {payload[:200]!r}") from None
-        raise TeacherUnavailable(f"{self.url}: {problem} (after {self.connect_retries + 1} attempts)")
+        return self.client.complete([
+            {"role": "system", "content": system},
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                {"type": "text", "text": text},
+            ]},
+        ])
 
 
 class LocalTeacher:
@@ -533,7 +483,7 @@ def ask(teacher: Teacher, case: Case, kind: str, retries: int) -> Draft:
         try:
             reply = teacher.complete(SYSTEM_PROMPT, text, case.image_path)
             return Draft(parse_draft(reply, case.alert), None, attempt, reply)
-        except InvalidDraft as e:
+        except InvalidResponse as e:  # InvalidDraft included
             reason = f"invalid draft: {e}"
             text = f"{base}\n\nYour previous reply was not usable: {e}. Reply with the JSON only."
         except RequestRejected as e:
@@ -542,54 +492,14 @@ def ask(teacher: Teacher, case: Case, kind: str, retries: int) -> Draft:
 
 
 # ----- output and resuming -------------------------------------------------------------------------------------
-def rejects_path_for(out_path: Path) -> Path:
-    stem = out_path.name[: -len(".jsonl")] if out_path.name.endswith(".jsonl") else out_path.name
-    return out_path.with_name(f"{stem}.rejected.jsonl")
-
-
 def done_ids(path: Path, log: Callable[[str], None] = print) -> set[str]:
     """Ids in an output (or rejects) file; a last line cut off mid-write is removed first."""
     if not path.is_file():
         return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with path.open("r+b") as f:
-            f.truncate(cut)
-        log(f"{path}: removed an unfinished last line ({len(data) - cut} bytes); it will be redone")
-    ids: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}", None,
-                                  f"invalid JSON in an existing output file ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-                raise RecordError(f"{path}:{lineno}", "id", "missing: this file was not written by this script")
-            ids.add(obj["id"])
-    return ids
-
-
-class _Appender:
-    """Append JSON lines, each flushed and fsynced before the next record is made."""
-
-    def __init__(self, path: Path):
-        self.path, self.file = path, None
-
-    def write(self, row: dict) -> None:
-        if self.file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = self.path.open("a", encoding="utf-8", newline="\n")
-        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+    removed = truncate_unfinished(path)
+    if removed:
+        log(f"{path}: removed an unfinished last line ({removed} bytes); it will be redone")
+    return written_ids(path, "id", "missing: this file was not written by this script")
 
 
 @dataclass
@@ -658,36 +568,33 @@ def build(feedback_path: str | Path, out_path: str | Path, types: tuple[str, ...
 
     from tqdm import tqdm
 
-    out, rejects = _Appender(out_path), _Appender(rejects_path)
-    try:
-        with tqdm(total=len(tasks), desc=mode, unit="rec", disable=not progress, file=sys.stderr) as bar:
-            for case, kind in tasks:
-                rid = f"{case.id}-{kind}"
-                if mode == "template":
-                    fields = {"question": question(case, kind), "answer": template_answer(case, kind),
-                              "alert": case.alert}
-                else:
-                    try:
-                        draft = ask(teacher, case, kind, retries)
-                    except TeacherUnavailable as e:
-                        summary.stopped = f"teacher unavailable: {e}"
-                        break
-                    summary.retries += draft.attempts - 1
-                    if draft.fields is None:
-                        rejects.write({"id": rid, "source_id": case.id, "type": kind, "reason": draft.reason,
-                                       "attempts": draft.attempts, "reply": draft.last_reply[:MAX_STORED_REPLY]})
-                        summary.rejected += 1
-                        bar.update(1)
-                        continue
-                    fields = draft.fields
-                out.write({"id": rid, "image": relative_image(case, out_path), "scenario": case.scenario,
-                           "type": kind, "question": fields["question"], "answer": fields["answer"],
-                           "alert": fields["alert"], "source_id": case.id, "review": review, "mode": mode})
-                summary.written[kind] += 1
-                bar.update(1)
-    finally:
-        out.close()
-        rejects.close()
+    with tqdm(total=len(tasks), desc=mode, unit="rec", disable=not progress, file=sys.stderr) as bar:
+        for case, kind in tasks:
+            rid = f"{case.id}-{kind}"
+            if mode == "template":
+                fields = {"question": question(case, kind), "answer": template_answer(case, kind),
+                          "alert": case.alert}
+            else:
+                try:
+                    draft = ask(teacher, case, kind, retries)
+                except TeacherUnavailable as e:
+                    summary.stopped = f"teacher unavailable: {e}"
+                    break
+                summary.retries += draft.attempts - 1
+                if draft.fields is None:
+                    append_jsonl(rejects_path, [{"id": rid, "source_id": case.id, "type": kind,
+                                                 "reason": draft.reason, "attempts": draft.attempts,
+                                                 "reply": draft.last_reply[:MAX_STORED_REPLY]}])
+                    summary.rejected += 1
+                    bar.update(1)
+                    continue
+                fields = draft.fields
+            append_jsonl(out_path, [{"id": rid, "image": relative_image(case, out_path), "scenario": case.scenario,
+                                     "type": kind, "question": fields["question"], "answer": fields["answer"],
+                                     "alert": fields["alert"], "source_id": case.id, "review": review,
+                                     "mode": mode}])
+            summary.written[kind] += 1
+            bar.update(1)
     return summary
 
 
@@ -703,21 +610,13 @@ def review_file(in_path: Path, out_path: Path | None = None, accept: list[str] =
     if both:
         raise ValueError(f"ids both accepted and rejected: {', '.join(both)}")
     rows: list[dict] = []
-    with in_path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            location = f"{in_path}:{lineno}"
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise RecordError(location, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-                raise RecordError(location, "id", "missing")
-            if obj.get("review") not in REVIEW_VALUES:
-                raise RecordError(location, "review",
-                                  f"expected one of {', '.join(REVIEW_VALUES)}, got {obj.get('review')!r}")
-            rows.append(obj)
+    for _, location, obj in json_lines(in_path):
+        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+            raise RecordError(location, "id", "missing")
+        if obj.get("review") not in REVIEW_VALUES:
+            raise RecordError(location, "review",
+                              f"expected one of {', '.join(REVIEW_VALUES)}, got {obj.get('review')!r}")
+        rows.append(obj)
     ids = {r["id"] for r in rows}
     unknown = [i for i in [*accept, *reject] if i not in ids]
     if unknown:

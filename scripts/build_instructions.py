@@ -36,19 +36,18 @@ from the rejects file to retry it (e.g. with another teacher). ::
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from datamodules.records import RecordError
+from trainer.chat_client import ChatClient, InvalidResponse, RequestRejected
+from trainer.chat_client import EndpointUnavailable as TeacherUnavailable
+from trainer.jsonl_out import append_jsonl, parse_line, rejects_path_for, truncate_unfinished, written_ids
 
 # MISSION §2, verbatim (grammar included): the teacher's system message in production.
 SYSTEM_PROMPT = (
@@ -76,16 +75,12 @@ REPLY_FORMAT = (
 MAX_STORED_REPLY = 2000  # characters of a rejected reply kept in the rejects file
 
 
-class InvalidReply(ValueError):
-    """The teacher answered, but not with usable JSON (the record is asked again)."""
+class InvalidReply(InvalidResponse):
+    """The teacher answered, but not with usable JSON (the record is asked again).
 
-
-class RequestRejected(RuntimeError):
-    """The teacher refuses this record's request (HTTP 400, prompt too long): rejected without retry."""
-
-
-class TeacherUnavailable(RuntimeError):
-    """The teacher cannot be reached or is misconfigured: the run stops; re-run to resume."""
+    ``RequestRejected`` (the teacher refuses this record's request: rejected without retry) and
+    ``TeacherUnavailable`` (cannot be reached or is misconfigured: the run stops; re-run to resume) come from
+    ``trainer.chat_client``, as does ``InvalidResponse`` (not a chat-completions response), this class's base."""
 
 
 @dataclass(frozen=True)
@@ -186,10 +181,7 @@ def read_records(path: str | Path, skip_invalid: bool = False) -> tuple[list[dic
                 continue
             location = f"{path}:{lineno}"
             try:
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise RecordError(location, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+                obj = parse_line(raw, location)
                 rid = _check_record(obj, location)
                 if rid in first_line:
                     raise RecordError(location, "id", f"duplicate id {rid!r} (first on line {first_line[rid]})")
@@ -266,7 +258,7 @@ def ask(teacher: Teacher, record: dict, retries: int) -> Outcome:
         try:
             reply = teacher.complete(SYSTEM_PROMPT, user)
             return Outcome(record["id"], parse_reply(reply), None, attempt, reply)
-        except InvalidReply as e:
+        except InvalidResponse as e:  # InvalidReply included
             reason = f"invalid reply: {e}"
             # Say what was wrong: a greedy teacher given the same prompt would answer the same again.
             user = f"{base}\n\nYour previous reply was not usable ({e}). Reply with the JSON only."
@@ -276,14 +268,8 @@ def ask(teacher: Teacher, record: dict, retries: int) -> Outcome:
 
 
 # ----- teachers ------------------------------------------------------------------------------------------
-def chat_completions_url(url: str) -> str:
-    """``.../v1`` or ``.../v1/chat/completions`` -> the chat-completions endpoint."""
-    url = url.rstrip("/")
-    return url if url.endswith("/chat/completions") else url + "/chat/completions"
-
-
 class HttpTeacher:
-    """An OpenAI-compatible chat-completions endpoint, through ``urllib``.
+    """An OpenAI-compatible chat-completions endpoint (``trainer.chat_client.ChatClient``, ``urllib``).
 
     Args:
         url: Endpoint or base URL (``/chat/completions`` is appended when missing).
@@ -307,49 +293,12 @@ class HttpTeacher:
         connect_retries: int = 3,
         backoff: float = 2.0,
     ):
-        self.url = chat_completions_url(url)
-        self.model, self.api_key = model, api_key
-        self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
-        self.connect_retries, self.backoff = connect_retries, backoff
+        self.client = ChatClient(url, model, api_key=api_key, timeout=timeout, connect_retries=connect_retries,
+                                 backoff=backoff, temperature=temperature, max_tokens=max_tokens)
+        self.url = self.client.url
 
     def complete(self, system: str, user: str) -> str:
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-                "temperature": self.temperature,
-                "max_tokens": self.max_tokens,
-            }
-        ).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        problem = ""
-        for attempt in range(self.connect_retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = response.read()
-            except urllib.error.HTTPError as e:
-                detail = e.read()[:300].decode("utf-8", "replace")
-                if e.code in (400, 413, 422):
-                    raise RequestRejected(f"HTTP {e.code}: {detail}") from None
-                if e.code in (401, 403, 404):
-                    raise TeacherUnavailable(
-                        f"{self.url}: HTTP {e.code} {detail} (check the URL, model and API key)"
-                    ) from None
-                problem = f"HTTP {e.code} {detail}"
-                continue
-            except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, ...
-                problem = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-                continue
-            try:
-                return json.loads(payload)["choices"][0]["message"]["content"] or ""
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise InvalidReply(f"not a chat-completions response: {payload[:200]!r}") from None
-        raise TeacherUnavailable(f"{self.url}: {problem} (after {self.connect_retries + 1} attempts)")
+        return self.client.complete([{"role": "system", "content": system}, {"role": "user", "content": user}])
 
 
 class LocalTeacher:
@@ -406,13 +355,6 @@ class LocalTeacher:
 
 
 # ----- output files and resuming ---------------------------------------------------------------------------
-def rejects_path_for(out_path: str | Path) -> Path:
-    """``pairs.jsonl`` -> ``pairs.rejected.jsonl`` (same folder)."""
-    out_path = Path(out_path)
-    stem = out_path.name[: -len(".jsonl")] if out_path.name.endswith(".jsonl") else out_path.name
-    return out_path.with_name(f"{stem}.rejected.jsonl")
-
-
 _SOURCE_ID = re.compile(r'"source_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _PAIR_ID = re.compile(r'^\{"id"\s*:\s*"((?:[^"\\]|\\.)*)-\d+"')
 
@@ -424,59 +366,15 @@ def _partial_source_id(partial: str) -> str | None:
     return json.loads(f'"{match.group(1)}"') if match else None
 
 
-def _repair_tail(path: Path, log: Callable[[str], None]) -> None:
-    """Remove a last line cut off mid-write, and the complete lines of the same record before it (a
-    record's lines are written together; the record is redone)."""
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return
-    cut = data.rfind(b"\n") + 1
-    partial = data[cut:].decode("utf-8", "replace")
-    sid = _partial_source_id(partial)
-    if sid is not None:
-        while cut:
-            start = data.rfind(b"\n", 0, cut - 1) + 1
-            try:
-                if json.loads(data[start:cut]).get("source_id") != sid:
-                    break
-            except ValueError:
-                break
-            cut = start
-    with path.open("r+b") as f:
-        f.truncate(cut)
-    log(f"{path}: removed {len(data) - cut} bytes of an unfinished record at the end (it will be redone)")
-
-
 def finished_ids(path: Path, log: Callable[[str], None] = print) -> set[str]:
-    """``source_id`` of every line of an output or rejects file (empty set when it does not exist)."""
+    """``source_id`` of every line of an output or rejects file (empty set when it does not exist). A last
+    line cut off mid-write is removed first, with the other lines of its record (which is then redone)."""
     if not path.is_file():
         return set()
-    _repair_tail(path, log)
-    ids: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise RecordError(
-                    f"{path}:{lineno}", None, f"invalid JSON in an existing output file ({e.msg})"
-                ) from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("source_id"), str):
-                raise RecordError(
-                    f"{path}:{lineno}", "source_id", "missing: this file was not written by build_instructions"
-                )
-            ids.add(obj["source_id"])
-    return ids
-
-
-def _append(path: Path, rows: list[dict]) -> None:
-    """Append rows as JSON lines in one write, flushed to disk before returning."""
-    with path.open("a", encoding="utf-8", newline="\n") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    removed = truncate_unfinished(path, key="source_id", record_of=_partial_source_id)
+    if removed:
+        log(f"{path}: removed {removed} bytes of an unfinished record at the end (it will be redone)")
+    return written_ids(path, "source_id", "missing: this file was not written by build_instructions")
 
 
 def alpaca_rows(outcome: Outcome) -> list[dict]:
@@ -563,11 +461,11 @@ def build(
             for outcome in _answers(teacher, todo, retries, workers):
                 if outcome.pairs:
                     rows = alpaca_rows(outcome)
-                    _append(out_path, rows)
+                    append_jsonl(out_path, rows)
                     summary.accepted += 1
                     summary.pairs_written += len(rows)
                 else:
-                    _append(rejects_path, [{"source_id": outcome.record_id, "reason": outcome.reason,
+                    append_jsonl(rejects_path, [{"source_id": outcome.record_id, "reason": outcome.reason,
                                             "attempts": outcome.attempts,
                                             "reply": outcome.last_reply[:MAX_STORED_REPLY]}])
                     summary.rejected += 1

@@ -23,10 +23,11 @@ import json
 import re
 import time
 import urllib.error
-import urllib.request
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from trainer.chat_client import chat_completions_url, post_json
 
 Closer = Literal["A", "B", "Nothing"]
 CLOSER_VALUES: tuple[str, ...] = ("A", "B", "Nothing")
@@ -277,13 +278,6 @@ def parse_judgment(text: str) -> Judgment:
     return Judgment(obj["closer"], obj["score_a"], obj["score_b"], obj["reason"].strip())
 
 
-def chat_completions_url(url: str) -> str:
-    """``url`` as given if it ends with ``/chat/completions``, else ``url`` + ``/chat/completions``
-    (so both ``http://host:8000/v1`` and the full endpoint work)."""
-    url = url.rstrip("/")
-    return url if url.endswith("/chat/completions") else url + "/chat/completions"
-
-
 def _shorten(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters]"
 
@@ -331,14 +325,8 @@ class HttpJudge:
 
     def _post(self, body: dict) -> str:
         """POST ``body``; the raw response text. Raises ``urllib.error.URLError``/``OSError`` on failure."""
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(
-            self.endpoint, data=json.dumps(body, ensure_ascii=False).encode("utf-8"), headers=headers, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return response.read().decode("utf-8", errors="replace")
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return post_json(self.endpoint, data, self.api_key, self.timeout).decode("utf-8", errors="replace")
 
     @staticmethod
     def _content(raw: str) -> str:

@@ -1,0 +1,99 @@
+"""Reading JSON-lines files with ``file:line`` errors, and resumable JSONL output.
+
+A resumable writer appends each finished record at once (flushed and fsynced), keeps its rejected inputs in
+``<out stem>.rejected.jsonl`` and, on start, skips the ids already in either file. A crash during a write
+can leave a last line without its newline: :func:`truncate_unfinished` removes it (and, where one record is
+written as several lines, that record's other lines) so the record is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from datamodules.records import RecordError
+
+
+def parse_line(raw: str, location: str):
+    """One JSON line; :class:`RecordError` at ``location`` when it is not valid JSON."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise RecordError(location, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
+    """``(line number, "file:line", value)`` of every non-blank line of a JSONL file; the first line that is
+    not valid JSON raises :class:`RecordError`."""
+    with path.open(encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if raw.strip():
+                location = f"{path}:{lineno}"
+                yield lineno, location, parse_line(raw, location)
+
+
+def rejects_path_for(out_path: str | Path) -> Path:
+    """``pairs.jsonl`` -> ``pairs.rejected.jsonl`` (same folder)."""
+    out_path = Path(out_path)
+    stem = out_path.name[: -len(".jsonl")] if out_path.name.endswith(".jsonl") else out_path.name
+    return out_path.with_name(f"{stem}.rejected.jsonl")
+
+
+def truncate_unfinished(path: Path, key: str | None = None,
+                        record_of: Callable[[str], str | None] | None = None) -> int:
+    """Remove a last line cut off mid-write; return the number of bytes removed (0: the file ends cleanly).
+
+    With ``key`` and ``record_of`` (the value of ``key`` the cut-off text belongs to, or None), the complete
+    lines just before it with the same ``key`` value go too: a record written as several lines is redone whole.
+    """
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    cut = data.rfind(b"\n") + 1
+    group = record_of(data[cut:].decode("utf-8", "replace")) if record_of is not None else None
+    if group is not None:
+        while cut:
+            start = data.rfind(b"\n", 0, cut - 1) + 1
+            try:
+                if json.loads(data[start:cut]).get(key) != group:
+                    break
+            except ValueError:
+                break
+            cut = start
+    with path.open("r+b") as f:
+        f.truncate(cut)
+    return len(data) - cut
+
+
+def written_ids(path: Path, key: str, not_ours: str) -> set[str]:
+    """The text value of ``key`` on every line of an existing output file; a line without it raises
+    :class:`RecordError` with the message ``not_ours``."""
+    ids: set[str] = set()
+    with path.open(encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise RecordError(
+                    f"{path}:{lineno}", None, f"invalid JSON in an existing output file ({e.msg})"
+                ) from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
+                raise RecordError(f"{path}:{lineno}", key, not_ours)
+            ids.add(obj[key])
+    return ids
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Append rows as JSON lines in one write, flushed to disk before returning (the folder is made if
+    missing; the file only when there is something to write)."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8", newline="\n") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())

@@ -60,12 +60,10 @@ def _json_kind(value) -> str | None:
     return "list" if isinstance(value, list) else "object"
 
 
-def _scan_jsonl(path: Path) -> list[int]:
-    """Check that each non-blank line is a JSON object whose fields keep one type across the file (Arrow
-    needs one type per column); return the line number of each record."""
-    lines: list[int] = []
-    kinds: dict[str, tuple[str, int]] = {}
-    with path.open(encoding="utf-8") as f:
+def json_objects(path: str | Path):
+    """``(line number, object)`` of every non-blank line of a JSONL file, read as plain JSON; a line that is
+    not a JSON object raises :class:`RecordError` naming file and line."""
+    with Path(path).open(encoding="utf-8") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -75,17 +73,26 @@ def _scan_jsonl(path: Path) -> list[int]:
                 raise RecordError(f"{path}:{lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise RecordError(f"{path}:{lineno}", None, f"expected a JSON object, got {type(obj).__name__}")
-            for key, value in obj.items():
-                kind = _json_kind(value)
-                if kind is None:
-                    continue
-                first = kinds.setdefault(key, (kind, lineno))
-                if first[0] != kind:
-                    raise RecordError(
-                        f"{path}:{lineno}", key,
-                        f"expected a {first[0]} like line {first[1]}, got {kind} {value!r}"
-                    )
-            lines.append(lineno)
+            yield lineno, obj
+
+
+def _scan_jsonl(path: Path) -> list[int]:
+    """Check that each non-blank line is a JSON object whose fields keep one type across the file (Arrow
+    needs one type per column); return the line number of each record."""
+    lines: list[int] = []
+    kinds: dict[str, tuple[str, int]] = {}
+    for lineno, obj in json_objects(path):
+        for key, value in obj.items():
+            kind = _json_kind(value)
+            if kind is None:
+                continue
+            first = kinds.setdefault(key, (kind, lineno))
+            if first[0] != kind:
+                raise RecordError(
+                    f"{path}:{lineno}", key,
+                    f"expected a {first[0]} like line {first[1]}, got {kind} {value!r}"
+                )
+        lines.append(lineno)
     return lines
 
 

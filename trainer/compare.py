@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datamodules.records import RecordError, RecordFile, load_record_file, require_fields
+from datamodules.records import RecordError, RecordFile, json_objects, load_record_file, require_fields
 from trainer.judges import DEFAULT_BERTSCORE_MODEL, Judge, JudgeError
 
 #: The system instruction of MISSION §2's Alpaca prompt (``--system`` replaces it).
@@ -717,18 +717,7 @@ def _prediction_rows(path: str) -> list[tuple[int, dict]]:
         raise CompareError(f"{path}: expected a .jsonl file")
     if not p.is_file():
         raise FileNotFoundError(f"predictions file not found: {path}")
-    rows = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise RecordError(f"{path}:{lineno}", None, f"expected a JSON object, got {type(obj).__name__}")
-            rows.append((lineno, obj))
+    rows = list(json_objects(path))
     if not rows:
         raise RecordError(path, None, "file has no records")
     return rows

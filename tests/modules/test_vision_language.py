@@ -66,14 +66,15 @@ def qlora_fit(tmp_path_factory):
     pl.seed_everything(0)
     dm = VisionInstructionDataModule(train_file=path, val_file=path, test_file=path, batch=BatchSpec(4, 4),
                                      num_sample_generations=2, cache_dir=str(tmp_path / "cache"))
-    module = VisionLanguageModule(backbone=backbone(), lora=LoraSpec(r=8, alpha=16, dropout=0.0),
-                                  quant=QuantSpec(compute_dtype="float32"), max_new_tokens=8,
-                                  optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
+    # 32 new tokens: the longest answer is 27 tokens of the tiny tokenizer.
+    module = VisionLanguageModule(backbone=backbone(), lora=LoraSpec(r=16, alpha=32, dropout=0.0),
+                                  quant=QuantSpec(compute_dtype="float32"), max_new_tokens=32,
+                                  optimizer=partial(torch.optim.AdamW, lr=5e-3, weight_decay=0.0),
                                   scheduler=SchedulerSpec("constant"))
     losses = EpochLosses()
-    trainer = pl.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_epochs=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
-                         check_val_every_n_epoch=4, default_root_dir=str(tmp_path / "run"),
+                         check_val_every_n_epoch=15, default_root_dir=str(tmp_path / "run"),
                          callbacks=[losses, RunArtifacts(), AdapterExport()])
     trainer.fit(module, datamodule=dm)
     trainer.test(module, datamodule=dm)
@@ -98,9 +99,20 @@ def test_qlora_quantizes_the_language_model_only_and_trains_adapters_only(qlora_
 
 def test_qlora_few_step_fit_decreases_the_loss(qlora_fit):
     _, _, _, losses, _ = qlora_fit
-    assert len(losses.epochs) == 8
-    assert losses.epochs[-1] < 0.7 * losses.epochs[0], losses.epochs
-    assert losses.epochs[-1] < losses.epochs[3] < losses.epochs[0]
+    assert len(losses.epochs) == 30
+    assert losses.epochs[-1] < 0.1 * losses.epochs[0], losses.epochs
+    assert losses.epochs[-1] < losses.epochs[10] < losses.epochs[5] < losses.epochs[0]
+
+
+def test_the_answer_comes_from_the_image(qlora_fit):
+    # Every record asks the same question; only the image (orange T-shirt vs striped vest) tells the answer.
+    # After training, greedy answers parse to the right decision for every image: the image features reach
+    # the language model through the frozen vision tower and the placeholder tokens.
+    trainer, _, _, _, tmp_path = qlora_fit
+    rows = [json.loads(l) for l in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["pred_alert"] for r in rows] == [r["target_alert"] for r in rows]
+    assert float(trainer.callback_metrics["test/accuracy"]) == 1.0
+    assert float(trainer.callback_metrics["test/unparseable"]) == 0.0
 
 
 def test_test_run_writes_generations_predictions_and_alert_metrics(qlora_fit):
@@ -118,7 +130,7 @@ def test_test_run_writes_generations_predictions_and_alert_metrics(qlora_fit):
     for key in ("accuracy", "precision", "recall", "f1", "false_positives", "false_negatives", "unparseable"):
         assert float(logged[f"test/{key}"]) == pytest.approx(expected[key]), key
     gens = [json.loads(l) for l in (run / "generations.jsonl").read_text().splitlines()]
-    assert len(gens) == 4 and {g["epoch"] for g in gens} == {3, 7}  # 2 images x 2 validation epochs
+    assert len(gens) == 4 and {g["epoch"] for g in gens} == {14, 29}  # 2 images x 2 validation epochs
     assert all("pred_alert" in g and g["target_alert"] in (True, False) for g in gens)
     assert (run / "plots" / "test_alert_confusion_matrix.png").exists()
 

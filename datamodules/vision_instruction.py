@@ -165,10 +165,6 @@ class VisionInstructionDataModule(TuneloopDataModule):
         self._processor = value
         self.tokenizer = value.tokenizer
 
-    @property
-    def label_names(self) -> None:
-        return None
-
     # ----- validation -------------------------------------------------------------------------------------
     def _validate(self, rf: RecordFile, need_answers: bool) -> list[tuple[int, int]]:
         """Check every record (see the module docstring); returns each record's image (width, height)."""
@@ -235,8 +231,7 @@ class VisionInstructionDataModule(TuneloopDataModule):
             n_image = proc.num_image_tokens(*sizes[index], *bounds)
             sample = encode_sample(record, proc, n_image, system)
             return {"id": str(record[id_field]) if id_field else str(index), "where": rf.locate(index),
-                    "image_path": str(rf.path.parent / record["image"]), **sample,
-                    "reference": sample["reference"], "alert": record.get("alert"),
+                    "image_path": str(rf.path.parent / record["image"]), **sample, "alert": record.get("alert"),
                     "type": record.get("type"), "review": record.get("review"), "num_image_tokens": n_image}
 
         ds = rf.dataset.map(encode, with_indices=True, remove_columns=rf.dataset.column_names,

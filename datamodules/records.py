@@ -60,6 +60,14 @@ def _json_kind(value) -> str | None:
     return "list" if isinstance(value, list) else "object"
 
 
+def parse_json_line(raw: str, location: str):
+    """One JSON line; :class:`RecordError` at ``location`` (``file:line``) when it is not valid JSON."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise RecordError(location, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+
+
 def json_objects(path: str | Path):
     """``(line number, object)`` of every non-blank line of a JSONL file, read as plain JSON; a line that is
     not a JSON object raises :class:`RecordError` naming file and line."""
@@ -67,10 +75,7 @@ def json_objects(path: str | Path):
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+            obj = parse_json_line(raw, f"{path}:{lineno}")
             if not isinstance(obj, dict):
                 raise RecordError(f"{path}:{lineno}", None, f"expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj

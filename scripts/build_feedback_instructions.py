@@ -79,10 +79,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from datamodules.records import RecordError
+from datamodules.records import RecordError, json_objects
 from trainer.chat_client import InvalidResponse, RequestRejected, StrictChatClient
 from trainer.chat_client import EndpointUnavailable as TeacherUnavailable
-from trainer.jsonl_out import append_jsonl, json_lines, rejects_path_for, truncate_unfinished, written_ids
+from trainer.jsonl_out import append_jsonl, rejects_path_for, truncate_unfinished, written_ids
 
 TYPES = ("A", "B", "C", "D")
 FAILURES = {"false_positive": False, "false_negative": True}  # failure -> the correct alert decision
@@ -166,9 +166,8 @@ def read_feedback(path: str | Path) -> list[Case]:
     base = Path(os.path.abspath(path.parent))
     cases: list[Case] = []
     first_line: dict[str, int] = {}
-    for lineno, location, obj in json_lines(path):
-        if not isinstance(obj, dict):
-            raise RecordError(location, None, f"expected a JSON object, got {type(obj).__name__}")
+    for lineno, obj in json_objects(path):
+        location = f"{path}:{lineno}"
         values = {name: _text(obj, name, location) for name in REQUIRED}
         if values["id"] in first_line:
             first = first_line[values["id"]]
@@ -610,8 +609,9 @@ def review_file(in_path: Path, out_path: Path | None = None, accept: list[str] =
     if both:
         raise ValueError(f"ids both accepted and rejected: {', '.join(both)}")
     rows: list[dict] = []
-    for _, location, obj in json_lines(in_path):
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+    for lineno, obj in json_objects(in_path):
+        location = f"{in_path}:{lineno}"
+        if not isinstance(obj.get("id"), str):
             raise RecordError(location, "id", "missing")
         if obj.get("review") not in REVIEW_VALUES:
             raise RecordError(location, "review",

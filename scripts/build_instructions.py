@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from datamodules.records import RecordError
+from datamodules.records import RecordError, parse_json_line
 from trainer.chat_client import ChatClient, InvalidResponse, RequestRejected
 from trainer.chat_client import EndpointUnavailable as TeacherUnavailable
-from trainer.jsonl_out import append_jsonl, parse_line, rejects_path_for, truncate_unfinished, written_ids
+from trainer.jsonl_out import append_jsonl, rejects_path_for, truncate_unfinished, written_ids
 
 # MISSION §2, verbatim (grammar included): the teacher's system message in production.
 SYSTEM_PROMPT = (
@@ -181,7 +181,7 @@ def read_records(path: str | Path, skip_invalid: bool = False) -> tuple[list[dic
                 continue
             location = f"{path}:{lineno}"
             try:
-                obj = parse_line(raw, location)
+                obj = parse_json_line(raw, location)
                 rid = _check_record(obj, location)
                 if rid in first_line:
                     raise RecordError(location, "id", f"duplicate id {rid!r} (first on line {first_line[rid]})")

@@ -1,4 +1,4 @@
-"""Reading JSON-lines files with ``file:line`` errors, and resumable JSONL output.
+"""Resumable JSONL output (reading JSONL with ``file:line`` errors is ``datamodules.records.json_objects``).
 
 A resumable writer appends each finished record at once (flushed and fsynced), keeps its rejected inputs in
 ``<out stem>.rejected.jsonl`` and, on start, skips the ids already in either file. A crash during a write
@@ -10,28 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from datamodules.records import RecordError
-
-
-def parse_line(raw: str, location: str):
-    """One JSON line; :class:`RecordError` at ``location`` when it is not valid JSON."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise RecordError(location, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
-
-
-def json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
-    """``(line number, "file:line", value)`` of every non-blank line of a JSONL file; the first line that is
-    not valid JSON raises :class:`RecordError`."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if raw.strip():
-                location = f"{path}:{lineno}"
-                yield lineno, location, parse_line(raw, location)
 
 
 def rejects_path_for(out_path: str | Path) -> Path:

@@ -75,12 +75,16 @@ class CausalLMModule(AdapterModule):
         self.max_new_tokens = max_new_tokens
         self.classify_on_validation = classify_on_validation
         self.bertscore_model = bertscore_model
-        self.tokenizer = load_tokenizer(backbone)
+        self.tokenizer = self.load_preprocessing(backbone)
         self.labels: list[str] | None = None
         self._wired = False
         # LoRA checkpoints hold the adapter only (see on_save_checkpoint); on_load_checkpoint checks that
         # every trainable tensor is there. Sharded strategies load before that hook, so say it up front.
         self.strict_loading = lora is None
+
+    def load_preprocessing(self, backbone: BackboneSpec):
+        """The tokenizer of ``backbone`` (subclasses with processors load those here too)."""
+        return load_tokenizer(backbone)
 
     # ----- wiring -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

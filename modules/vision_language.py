@@ -97,15 +97,19 @@ class VisionLanguageModule(CausalLMModule):
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: SchedulerSpec | None = None,
     ):
-        from modules.processor import load_vision_processor
-
         if vision == "lora" and lora is None:
             raise ValueError("model.vision=lora needs model.lora (the adapter settings)")
         super().__init__(backbone=backbone, lora=lora, quant=quant, max_new_tokens=max_new_tokens,
                          classify_on_validation=False, optimizer=optimizer, scheduler=scheduler)
         self.vision = vision
+
+    def load_preprocessing(self, backbone: BackboneSpec):
+        """The model's processor (tokenizer + image processor); returns its tokenizer. For a tiny model, also the
+        config token ids pointing at the local tokenizer's copies of the family's special tokens."""
+        from modules.processor import load_vision_processor
+
         self.processor, self._config_token_ids = load_vision_processor(backbone)
-        self.tokenizer = self.processor.tokenizer
+        return self.processor.tokenizer
 
     # ----- wiring -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -338,7 +338,25 @@ def build_model(
         kwargs["quantization_config"] = quant.to_bnb()
         kwargs["device_map"] = {"": device if device is not None else "cpu"}
     model = auto_class.from_pretrained(source, **kwargs)
+    if quant is not None:
+        keep_trainable_4bit_layout(model)
     return _finish(model, spec, tokenizer)
+
+
+def keep_trainable_4bit_layout(model: nn.Module) -> None:
+    """Switch off bitsandbytes' CPU inference packing of 4-bit weights.
+
+    On CPUs with AVX512-BF16, ``Linear4bit`` repacks its weight in place at the first forward without
+    gradients (validation, generation) into an inference-only layout: it needs output sizes divisible by 32
+    (a tiny model's 16-wide k/v projections fail), and a training forward after it backpropagates through a
+    kernel without autograd support (bitsandbytes warns that the result may be silently incorrect). A model
+    that is fine-tuned keeps the layout it trains with; the flag only exists on CPU builds that have it.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _finish(model: nn.Module, spec: BackboneSpec, tokenizer) -> nn.Module:

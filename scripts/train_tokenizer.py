@@ -8,8 +8,10 @@ very repetitive number-heavy sample data). The list is fixed on purpose, not a g
 a data set (intent, instructions, ...) must not change or invalidate the shipped tokenizer. To retrain on more
 data, extend ``TRAINING_INPUTS`` and rerun.
 
-Special tokens get ids 0..4: ``<pad> <s> </s> <unk> <mask>``; the post-processor is RoBERTa style
-(``<s> A </s>`` and ``<s> A </s> </s> B </s>``). The directory is written with
+Special tokens get ids 0..4: ``<pad> <s> </s> <unk> <mask>``; the post-processor adds BOS only, as
+pretrained decoder tokenizers do (Llama: ``<s> A`` and ``<s> A <s> B``): a prompt never ends in ``</s>``, so a
+plain ``tokenizer(prompt)`` gives the ids the model was trained and is prompted with. EOS closes a training
+response explicitly (``datamodules.templates.tokenize_segments``). The directory is written with
 ``PreTrainedTokenizerFast.save_pretrained`` and loads with
 ``transformers.AutoTokenizer.from_pretrained("data/tokenizers/tiny-bpe")``.
 
@@ -101,8 +103,8 @@ def build_tokenizer(files: list[Path], vocab_size: int, min_frequency: int, corp
     tok.train_from_iterator(iter_texts(files, corpus_weight), trainer=trainer)
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        pair="<s> $A </s> </s> $B </s>",
+        single="<s> $A",
+        pair="<s> $A <s> $B:1",
         special_tokens=[("<s>", bos), ("</s>", eos)],
     )
     return tok

@@ -1,4 +1,4 @@
-"""The bundled byte-level BPE tokenizer data/tokenizers/tiny-bpe loads offline and behaves like RoBERTa's."""
+"""The bundled byte-level BPE tokenizer data/tokenizers/tiny-bpe loads offline and adds BOS only, like a pretrained decoder's."""
 
 from __future__ import annotations
 
@@ -65,13 +65,16 @@ def test_special_token_ids(tok):
     assert tok.cls_token_id == 1 and tok.sep_token_id == 2
 
 
-def test_roberta_style_post_processing(tok):
+def test_decoder_style_post_processing(tok):
+    """BOS first and no EOS appended, like a pretrained decoder's tokenizer (Llama): ``tokenizer(prompt)`` is
+    the prompt the model was trained on, ready to be continued; EOS only closes training responses."""
     ids = tok("current 182.0 A, voltage 21.4 V").input_ids
-    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
-    assert tok.bos_token_id not in ids[1:-1] and tok.eos_token_id not in ids[1:-1]
+    assert ids[0] == tok.bos_token_id and ids[-1] != tok.eos_token_id
+    assert tok.bos_token_id not in ids[1:] and tok.eos_token_id not in ids
     a = tok("안녕하세요", add_special_tokens=False).input_ids
     b = tok("반가워요", add_special_tokens=False).input_ids
-    assert tok("안녕하세요", "반가워요").input_ids == [1, *a, 2, 2, *b, 2]
+    assert tok("안녕하세요").input_ids == [1, *a]
+    assert tok("안녕하세요", "반가워요").input_ids == [1, *a, 1, *b]
     batch = tok(["짧은 문장", "조금 더 긴 문장입니다"], padding=True)
     assert batch.input_ids[0][-1] == tok.pad_token_id and batch.attention_mask[0][-1] == 0
 

@@ -18,17 +18,21 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from datamodules.base import TuneloopDataModule
 from datamodules.records import RecordError, RecordFile, check_text, load_record_file, require_fields
 from datamodules.templates import (
+    ALPACA_NO_INPUT_TEMPLATE,
+    ALPACA_TEMPLATE,
     INTENT_INSTRUCTION,
+    INTENT_TEMPLATE,
     Segment,
     adds_bos,
     alpaca_prompt,
     chat_segments,
     intent_prompt,
+    loss_token_count,
     tokenize_segments,
     truncate,
 )
@@ -120,6 +124,30 @@ class InstructionDataModule(TuneloopDataModule):
         return [{"id": ds[i]["id"], "prompt_ids": ds[i]["prompt_ids"], "reference": ds[i]["reference"]}
                 for i in range(n)]
 
+    def loss_token_counts(self, split: str) -> list[int]:
+        """Loss tokens of every sample of ``split`` (dataset order), for step-wide loss normalization."""
+        return self.splits[split]["loss_tokens"]
+
+    def prompt_spec(self) -> dict:
+        """The prompt layout of this data (``prompt.json`` beside an exported adapter): ``template`` is a Python
+        format string over ``fields``; ``tokenizer(prompt)`` gives the ids the model was trained on (BOS only
+        where the tokenizer adds it itself), and the model's answer follows, closed by EOS."""
+        spec: dict = {"format": self.format, "tokenize": "tokenizer(prompt)", "answer_ends_with": "eos_token"}
+        if self.format == "intent":
+            instruction = self.intent_instruction.format(labels=", ".join(self.labels))
+            spec.update(template=INTENT_TEMPLATE.format(instruction=instruction.replace("{", "{{").replace("}", "}}"),
+                                                        text="{text}"),
+                        fields=["text"], labels=self.labels,
+                        answer="one label of `labels`, as text (normalized: case, width, punctuation ignored)")
+        elif self.format == "alpaca":
+            spec.update(template=ALPACA_TEMPLATE, template_without_input=ALPACA_NO_INPUT_TEMPLATE,
+                        fields=["instruction", "input"],
+                        answer="the response; template_without_input when input is empty")
+        else:
+            spec.update(template=None, fields=["messages"], tokenize="tokenizer.apply_chat_template(messages, "
+                        "add_generation_prompt=True)", answer="the assistant turn")
+        return spec
+
     # ----- validation and rendering ---------------------------------------------------------------------
     def _validate(self, rf: RecordFile, need_targets: bool) -> None:
         if self.format == "alpaca":
@@ -172,7 +200,7 @@ class InstructionDataModule(TuneloopDataModule):
             fitted = fitted or full
             prompt = prompt[-(cutoff - 1):] if len(prompt) >= cutoff else prompt
             return {"id": str(record[id_field]) if id_field else str(index), "input_ids": fitted.input_ids,
-                    "labels": fitted.labels, "prompt_ids": prompt, "reference": reference, "status": status,
+                    "labels": fitted.labels, "loss_tokens": loss_token_count(fitted.labels), "prompt_ids": prompt, "reference": reference, "status": status,
                     "length": len(fitted.input_ids), "format": fmt}
 
         ds = rf.dataset.map(encode, with_indices=True, remove_columns=rf.dataset.column_names,
@@ -220,7 +248,10 @@ class InstructionDataModule(TuneloopDataModule):
     def train_dataloader(self):
         if not self.group_by_length:
             return super().train_dataloader()
-        sampler = LengthGroupedSampler(self.splits["train"]["length"], self.batch.micro_batch_size, self.seed)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = LengthGroupedSampler(self.splits["train"]["length"], self.batch.global_batch_size,
+                                       self.batch.micro_batch_size, num_replicas=world, rank=rank, seed=self.seed)
         return torch.utils.data.DataLoader(self.splits["train"], batch_size=self.batch.micro_batch_size,
                                            sampler=sampler, collate_fn=self.collate_fn,
                                            num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
@@ -244,8 +275,9 @@ def render_record(record: dict, fmt: str, tokenizer, labels: list[str] | None = 
 
 
 class CausalCollator:
-    """Right-padded ``input_ids``/``labels``/``attention_mask`` (batch, seq) for the loss, and left-padded
-    ``prompt_ids``/``prompt_mask`` (batch, prompt_seq) for generation and label ranking."""
+    """Right-padded ``input_ids``/``labels``/``attention_mask`` (batch, seq) for the loss, left-padded
+    ``prompt_ids``/``prompt_mask`` (batch, prompt_seq) for generation and label ranking, and ``loss_tokens``
+    (int): the batch's tokens that enter the loss."""
 
     def __init__(self, pad_token_id: int):
         self.pad = pad_token_id
@@ -268,38 +300,68 @@ class CausalCollator:
             prompt_ids[i, pwidth - p:] = torch.tensor(f["prompt_ids"])
             prompt_mask[i, pwidth - p:] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "prompt_ids": prompt_ids,
-                "prompt_mask": prompt_mask, "id": [f["id"] for f in features],
+                "prompt_mask": prompt_mask, "loss_tokens": sum(f["loss_tokens"] for f in features),
+                "id": [f["id"] for f in features],
                 "reference": [f["reference"] for f in features]}
 
 
-class LengthGroupedSampler(Sampler[int]):
-    """Indices in an order where each run of ``micro_batch_size`` has similar lengths.
+class LengthGroupedSampler(DistributedSampler):
+    """Length-grouped order whose optimizer steps hold the same samples at any world size and micro batch.
 
-    Seeded shuffle, then sort within mega-batches of 50 micro batches by length, then shuffle the order of
-    the micro batches: padding drops while batches stay random. ``set_epoch`` reshuffles per epoch.
+    Seeded shuffle (seed + epoch), then within mega-batches of ``mega`` global batches sort by length and cut
+    into global batches; the full global batches are shuffled and the partial one (if any) comes last. A global
+    batch (one optimizer step, sorted by length) is cut into micro batches of similar length, dealt to the
+    processes in turn: process ``r`` gets micro batches ``r, r + world, ...`` of every step. So the samples of
+    step k do not depend on ``micro_batch_size`` or ``num_replicas`` (the loss is normalized over the step's
+    tokens, so neither does the step), and padding drops. As with ``DistributedSampler``, the epoch's last,
+    partial step is padded on N processes with repeats of its own samples so every process gets as many.
+
+    A ``DistributedSampler`` itself, so Lightning uses it as it is (it would otherwise wrap it and shuffle the
+    grouped order away). ``set_epoch`` reshuffles per epoch.
     """
 
-    def __init__(self, lengths: list[int], micro_batch_size: int, seed: int = 0, mega: int = 50):
+    def __init__(self, lengths: list[int], global_batch_size: int, micro_batch_size: int, num_replicas: int = 1,
+                 rank: int = 0, seed: int = 0, mega: int = 50):
+        if global_batch_size % (micro_batch_size * num_replicas):
+            raise ValueError(f"global batch {global_batch_size} is not a multiple of micro batch {micro_batch_size} "
+                             f"x {num_replicas} processes")
+        super().__init__(range(len(lengths)), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.lengths = np.asarray(lengths)
-        self.micro, self.seed, self.mega, self.epoch = micro_batch_size, seed, mega, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.global_batch, self.micro, self.mega = global_batch_size, micro_batch_size, mega
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        full, rest = divmod(len(self.lengths), self.global_batch)
+        return full * (self.global_batch // self.num_replicas) + math.ceil(rest / self.num_replicas)
 
-    def __iter__(self):
+    def steps(self) -> list[np.ndarray]:
+        """The epoch's global batches (sample indices, longest first), in step order; the same on every process."""
         rng = np.random.default_rng(self.seed + self.epoch)
         order = rng.permutation(len(self.lengths))
-        size = self.micro * self.mega
-        batches = []
+        size = self.global_batch * self.mega
+        full, partial = [], []
         for start in range(0, len(order), size):
             chunk = order[start:start + size]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches += [chunk[i:i + self.micro] for i in range(0, len(chunk), self.micro)]
-        for b in rng.permutation(len(batches)):
-            yield from batches[b].tolist()
+            for i in range(0, len(chunk), self.global_batch):
+                (full if len(chunk[i:i + self.global_batch]) == self.global_batch else partial).append(
+                    chunk[i:i + self.global_batch])
+        rest = np.concatenate(partial) if partial else None
+        steps = [full[i] for i in rng.permutation(len(full))]
+        if rest is not None:  # at most one short step, last (several chunks' remainders together)
+            rest = rest[np.argsort(-self.lengths[rest], kind="stable")]
+            steps += [rest[i:i + self.global_batch] for i in range(0, len(rest), self.global_batch)]
+        return steps
+
+    def __iter__(self):
+        world, rank, micro = self.num_replicas, self.rank, self.micro
+        for step in self.steps():
+            if len(step) == self.global_batch:
+                micro_batches = [step[i:i + micro] for i in range(0, len(step), micro)]
+                for batch in micro_batches[rank::world]:
+                    yield from batch.tolist()
+            else:
+                padded = np.resize(step, math.ceil(len(step) / world) * world)  # repeats its own samples
+                yield from padded[rank::world].tolist()
 
 
 def padding_fraction(lengths: list[int], micro_batch_size: int, order: list[int] | None = None) -> float:

@@ -110,6 +110,11 @@ def tokenize_segments(segments: list[Segment], tokenizer, add_eos: bool = True, 
     return Tokenized(ids, labels, response_start)
 
 
+def loss_token_count(labels: list[int]) -> int:
+    """Tokens of a sample that enter the loss: labels at positions 1.. (position t is predicted from t-1)."""
+    return sum(1 for label in labels[1:] if label != -100)
+
+
 def truncate(sample: Tokenized, cutoff: int, keep_prompt: int = 1) -> Tokenized | None:
     """Fit a sample into ``cutoff`` tokens: the prompt loses tokens from its left first (after BOS), keeping
     at least ``keep_prompt``; only then is the response cut from its right. ``None`` when no response token

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import TuneloopDataModule
 from datamodules.records import RecordError, RecordFile, load_record_file
-from datamodules.templates import Segment, chat_segments
+from datamodules.templates import Segment, chat_segments, loss_token_count
 from trainer.scaling import BatchSpec
 
 QA_TYPES = ("A", "B", "C", "D")
@@ -271,6 +271,18 @@ class VisionInstructionDataModule(TuneloopDataModule):
                 raise ValueError(f"data.{name} is required to {stage}")
             self.splits[split] = self._prepare(split, need_answers=split != "predict")
 
+    def prompt_spec(self) -> dict:
+        """Prompt layout (``prompt.json`` beside an exported adapter): the processor's chat template over the
+        record's messages, one image placeholder in the user turn, the system turn below when it has none."""
+        return {"format": "chat", "template": None, "fields": ["image", "messages"], "system_prompt": self.system_prompt,
+                "tokenize": "processor.apply_chat_template(messages, add_generation_prompt=True), then "
+                            "processor(text=..., images=[image])",
+                "answer": "the assistant turn", "answer_ends_with": "the chat template's end of turn"}
+
+    def loss_token_counts(self, split: str) -> list[int]:
+        """Loss tokens of every sample of ``split`` (dataset order), for step-wide loss normalization."""
+        return self.splits[split].column("loss_tokens")
+
     def sample_batch(self) -> dict | None:
         """The first ``num_sample_generations`` validation records, collated (for logged generations)."""
         ds = self.splits.get("val")
@@ -309,7 +321,8 @@ def encode_sample(record: dict, proc, num_image_tokens: int, system_prompt: str 
         labels += piece if seg.train else [-100] * len(piece)
     if not any(s.train for s in segments):
         prompt_len = len(ids)
-    return {"input_ids": ids, "labels": labels, "prompt_ids": ids[:prompt_len], "reference": reference}
+    return {"input_ids": ids, "labels": labels, "loss_tokens": loss_token_count(labels), "prompt_ids": ids[:prompt_len],
+            "reference": reference}
 
 
 class VisionDataset(Dataset):
@@ -371,7 +384,7 @@ class VisionCollator:
             prompt_mask[i, pwidth - p:] = 1
         # Modality of each token (0 text, 1 image): multimodal RoPE gives image tokens 3D positions.
         return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "prompt_ids": prompt_ids,
-                "prompt_mask": prompt_mask, **vision,
+                "prompt_mask": prompt_mask, "loss_tokens": sum(f["loss_tokens"] for f in features), **vision,
                 "mm_token_type_ids": (input_ids == proc.image_token_id).int(),
                 "prompt_mm_token_type_ids": (prompt_ids == proc.image_token_id).int(), "id": [f["id"] for f in features],
                 "reference": [f["reference"] for f in features], "alert": [f["alert"] for f in features],

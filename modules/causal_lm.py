@@ -1,7 +1,7 @@
 """Causal-LM tasks (MISSION §1, §2): instruction SFT and generative classification, one module.
 
 The loss is the next-token cross-entropy on response tokens only (the DataModule masks prompts with
--100). Whether the task is free-form SFT or classification comes from the DataModule: with a label set
+-100), averaged over the loss tokens of the whole optimizer step (:mod:`modules.token_loss`). Whether the task is free-form SFT or classification comes from the DataModule: with a label set
 (intent data) the label is generated as text and predicted either by ``generate`` (greedy decoding,
 normalized and mapped to a label; outputs that match none count as ``unknown``) or by ``rank`` (the
 label with the highest log-likelihood after the prompt, always valid).
@@ -24,6 +24,7 @@ from torchmetrics import MeanMetric, SumMetric
 from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora, load_tokenizer
 from modules.base import AdapterModule, OptimizerCallable, default_optimizer
 from modules.metrics import LabelPredictionStats
+from modules.token_loss import StepTokenLoss
 from trainer.optim import SchedulerSpec
 
 
@@ -77,6 +78,7 @@ class CausalLMModule(AdapterModule):
         self.bertscore_model = bertscore_model
         self.tokenizer = self.load_preprocessing(backbone)
         self.labels: list[str] | None = None
+        self.step_loss = StepTokenLoss()
         self._wired = False
         # LoRA checkpoints hold the adapter only (see on_save_checkpoint); on_load_checkpoint checks that
         # every trainable tensor is there. Sharded strategies load before that hook, so say it up front.
@@ -133,10 +135,11 @@ class CausalLMModule(AdapterModule):
         return nll, (targets != -100).sum()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        nll, count = self.token_nll(batch)
-        loss = nll / count.clamp(min=1)
-        n = batch["input_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        # A mean over the loss tokens of the whole optimizer step (all micro batches, all processes), so the
+        # same global batch trains the same on any number of processes and any micro batch size.
+        nll, _ = self.token_nll(batch)
+        loss = self.step_loss.training_loss(self, self.trainer.datamodule.loss_token_counts("train"), batch_idx,
+                                            batch["loss_tokens"], nll)
         mask = batch["attention_mask"]
         # Weighted by tokens: the epoch value is pad tokens / all tokens.
         self.log("train/padding_fraction", 1.0 - mask.float().mean(), on_step=False, on_epoch=True,

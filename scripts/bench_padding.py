@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(args.epochs):
         rng = np.random.default_rng(dm.seed + epoch)
         plain.append(padding_fraction(lengths, micro, rng.permutation(len(lengths)).tolist()))
-        sampler = LengthGroupedSampler(lengths, micro, seed=dm.seed)
+        sampler = LengthGroupedSampler(lengths, dm.batch.global_batch_size, micro, seed=dm.seed)
         sampler.set_epoch(epoch)
         grouped.append(padding_fraction(lengths, micro, list(sampler)))
     result = {"records": len(lengths), "micro_batch_size": micro, "mean_length": float(np.mean(lengths)),

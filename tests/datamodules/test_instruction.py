@@ -1,6 +1,8 @@
 """InstructionDataModule: answer-only masking at exact positions, truncation policy, record errors,
 length grouping."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -133,10 +135,35 @@ def test_length_grouping_reduces_padding():
     rng = np.random.default_rng(0)
     lengths = rng.integers(10, 250, size=800).tolist()
     plain = padding_fraction(lengths, 8, rng.permutation(800).tolist())
-    order = list(LengthGroupedSampler(lengths, 8, seed=0))
+    order = list(LengthGroupedSampler(lengths, 32, 8, seed=0))
     assert sorted(order) == list(range(800))  # a permutation: every sample once
     grouped = padding_fraction(lengths, 8, order)
     assert grouped < 0.25 * plain
-    again = LengthGroupedSampler(lengths, 8, seed=0)
+    again = LengthGroupedSampler(lengths, 32, 8, seed=0)
     again.set_epoch(1)
     assert list(again) != order  # reshuffled per epoch, still seeded
+
+
+@pytest.mark.parametrize("n", [96, 100, 93])
+def test_length_grouped_steps_hold_the_same_samples_at_any_world_size_and_micro_batch(n):
+    """Optimizer step k (global batch 24) takes the same samples on 1 process with micro 4, 2 or 1 and on 2 or
+    3 processes with micro 4: the samples of a step never depend on how the step is split."""
+    lengths = np.random.default_rng(1).integers(5, 200, size=n).tolist()
+
+    def steps(world, micro):
+        per_rank = [list(LengthGroupedSampler(lengths, 24, micro, num_replicas=world, rank=r, seed=3))
+                    for r in range(world)]
+        assert len({len(p) for p in per_rank}) == 1  # every process gets as many samples (no DDP hang)
+        assert all(len(p) == len(LengthGroupedSampler(lengths, 24, micro, num_replicas=world, seed=3)) for p in per_rank)
+        per_step = 24 // world
+        return [sorted(set(i for p in per_rank for i in p[k * per_step:(k + 1) * per_step]))
+                for k in range(math.ceil(len(per_rank[0]) / per_step))]
+
+    reference = steps(1, 4)
+    assert sorted(i for s in reference for i in s) == list(range(n))
+    for world, micro in [(1, 2), (1, 1), (2, 4), (3, 4), (2, 1)]:
+        assert steps(world, micro) == reference, (world, micro)
+    micro_batches = [list(LengthGroupedSampler(lengths, 24, 4, num_replicas=2, rank=0, seed=3))[i:i + 4]
+                     for i in range(0, 24, 4)]
+    spread = [max(lengths[j] for j in b) - min(lengths[j] for j in b) for b in micro_batches]
+    assert np.mean(spread) < 0.25 * (max(lengths) - min(lengths))  # similar lengths within a micro batch

@@ -1,0 +1,101 @@
+"""The causal-LM training loss as a mean over the loss tokens of the whole optimizer step.
+
+One optimizer step covers ``accumulate`` micro batches on each of ``world`` processes. Averaging per-micro-batch
+token means (what a plain ``loss.mean()`` per micro batch gives) weights a token by the size of the micro batch
+it happens to land in, so the same global batch trains differently on 1 process and on N, or with micro batch
+4 and micro batch 1. The loss here is the summed next-token NLL of the whole step divided by the step's number
+of loss tokens, over all micro batches and all processes: what the HF Trainer does with ``num_items_in_batch``.
+
+The count must be known before the first backward of the step. Every sample's loss tokens are known after
+tokenization, and the train loader's batch sampler is deterministic for an epoch (seeded by seed + epoch), so
+each process lists its micro batches for the epoch once, sums them per step, and one all-reduce adds the
+processes' sums. Each micro batch then checks that it is the batch the list expected (its ``loss_tokens``
+from the collator), so a sampler that is not deterministic stops the run instead of mis-scaling it.
+
+Scaling (``training_loss``): Lightning divides a returned loss by ``accumulate`` and data parallelism (DDP,
+FSDP2, DeepSpeed) averages gradients over ``world`` processes, so returning
+``nll_sum * accumulate * world / step_tokens`` makes the step's gradient that of
+``sum(nll over the step) / step_tokens`` under every strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def micro_batch_counts(batch_sampler: Iterable[list[int]], counts: Sequence[int], num_batches: int | float) -> list[int]:
+    """Loss tokens of each micro batch this process will see, in order (at most ``num_batches``)."""
+    out: list[int] = []
+    for indices in batch_sampler:
+        if len(out) >= num_batches:
+            break
+        out.append(int(sum(counts[i] for i in indices)))
+    return out
+
+
+def step_sums(micro: Sequence[int], accumulate: int) -> list[int]:
+    """Per optimizer step: the sum of its ``accumulate`` micro batches (the last step of an epoch may hold fewer)."""
+    return [int(sum(micro[i:i + accumulate])) for i in range(0, len(micro), accumulate)]
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over every process (in place); unchanged in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+class StepTokenLoss:
+    """Per-epoch table of loss tokens per optimizer step (all processes) and the step loss to log.
+
+    Used by a LightningModule in ``training_step``: ``loss = norm.training_loss(module, batch, batch_idx, nll)``.
+    ``counts`` returns the loss tokens of every training sample (index = dataset index).
+    """
+
+    def __init__(self) -> None:
+        self._epoch: int | None = None
+        self._micro: list[int] = []
+        self._steps: list[int] = []
+        self._nll_sum: torch.Tensor | None = None  # this process's summed NLL of the current step
+
+    def _table(self, trainer, counts: Sequence[int]) -> None:
+        loader = trainer.train_dataloader
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        if batch_sampler is None:
+            raise TypeError("the train loader has no batch sampler: loss tokens per optimizer step cannot be known")
+        self._micro = micro_batch_counts(batch_sampler, counts, trainer.num_training_batches)
+        local = step_sums(self._micro, trainer.accumulate_grad_batches)
+        device = trainer.strategy.root_device
+        steps = all_reduce_sum(torch.tensor(local, dtype=torch.long, device=device))
+        self._steps = steps.tolist()
+        self._epoch = trainer.current_epoch
+
+    def step_tokens(self, trainer, counts: Sequence[int], batch_idx: int, batch_tokens: int) -> int:
+        """Loss tokens of the optimizer step that micro batch ``batch_idx`` belongs to (all processes)."""
+        if self._epoch != trainer.current_epoch or batch_idx >= len(self._micro):
+            self._table(trainer, counts)
+        expected = self._micro[batch_idx]
+        if batch_tokens != expected:
+            raise RuntimeError(
+                f"train micro batch {batch_idx} of epoch {trainer.current_epoch} has {batch_tokens} loss tokens, but "
+                f"the train loader's batch sampler listed one with {expected}: the sampler is not deterministic "
+                "within an epoch, so the loss cannot be normalized over the optimizer step")
+        return self._steps[batch_idx // trainer.accumulate_grad_batches]
+
+    def training_loss(self, module, counts: Sequence[int], batch_idx: int, batch_tokens: int,
+                      nll_sum: torch.Tensor) -> torch.Tensor:
+        """The loss to return from ``training_step`` for a micro batch whose summed token NLL is ``nll_sum``;
+        logs ``train/loss`` (the step's token mean over every process) at the step's last micro batch."""
+        trainer = module.trainer
+        accumulate, world = trainer.accumulate_grad_batches, trainer.world_size
+        tokens = self.step_tokens(trainer, counts, batch_idx, batch_tokens)
+        first = batch_idx % accumulate == 0
+        self._nll_sum = nll_sum.detach().clone() if first or self._nll_sum is None else self._nll_sum + nll_sum.detach()
+        last = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 >= len(self._micro)
+        if last:
+            step_nll = all_reduce_sum(self._nll_sum.float().clone())
+            module.log("train/loss", step_nll / max(tokens, 1), prog_bar=True, batch_size=1)
+        # (sum over the step / step tokens) after Lightning's 1/accumulate and the 1/world of gradient averaging.
+        return nll_sum * (accumulate * world / max(tokens, 1))

@@ -39,6 +39,11 @@ class TuneloopDataModule(pl.LightningDataModule):
     def tokenizer(self, value) -> None:
         self._tokenizer = value
 
+    def prompt_spec(self) -> dict | None:
+        """How a record becomes the model's prompt, written as ``prompt.json`` beside an exported adapter so the
+        adapter can be prompted without tuneloop; ``None`` for tasks without text prompts."""
+        return None
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.splits:
             raise RuntimeError(f"no {split!r} data: set the {split} file (or a split fraction) in the data config")

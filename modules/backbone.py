@@ -309,13 +309,19 @@ def build_model(
     """Instantiate ``auto_class`` (e.g. ``AutoModelForSequenceClassification``) per ``spec``.
 
     Tiny: shrunk architecture config, random init (seeded by the run's seed); with ``tiny_dir`` the random
-    base is saved there (weights + tokenizer) so adapters trained on it can be reloaded and merged later,
-    and a quantized tiny model is loaded back from it (bitsandbytes quantizes at load time). Otherwise:
+    base is saved there (weights + tokenizer) so adapters trained on it can be reloaded and merged later.
+    When ``tiny_dir`` already holds a base (another rank wrote it, or a checkpoint of that run is being
+    restored), that base is loaded instead of a new random one; a quantized tiny model is always loaded
+    from it (bitsandbytes quantizes at load time). Otherwise:
     pretrained weights from ``name_or_path`` with ``config_overrides`` (e.g. ``num_labels``). ``quant``
     loads the weights 4-bit on ``device``.
     """
     source = resolve_path(spec.name_or_path)
-    if spec.tiny:
+    if spec.tiny and tiny_dir is not None and (Path(tiny_dir) / "config.json").exists():
+        # The run's saved random base: a checkpoint (adapter-only under LoRA) is restored onto the base it
+        # was trained on, whatever the seed of this process.
+        source, config_overrides = str(tiny_dir), {}
+    elif spec.tiny:
         config = shrink_config(load_arch_config(spec, **config_overrides), tokenizer, spec.tiny_size)
         model = auto_class.from_config(config, dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code)
         # The tiny model's base is the saved random model (or nothing), never the production architecture

@@ -30,6 +30,9 @@ class TuneloopModule(pl.LightningModule):
         self.optimizer_fn = optimizer
         self.scheduler_spec = scheduler or SchedulerSpec()
         self.model: torch.nn.Module | None = None
+        # The run directory of the checkpoint this process restores (``--ckpt_path runs/e/v/checkpoints/x``),
+        # set by the CLI: a debug run's random base is loaded from there, not drawn anew.
+        self.checkpoint_run_dir = None
         self._eval_outputs: list = []  # this process's test-step outputs, for predictions.jsonl and plots
 
     def on_test_epoch_start(self) -> None:
@@ -99,6 +102,7 @@ class AdapterModule(TuneloopModule):
     """
 
     lora = None
+    restored_from: dict | None = None  # global_step and epoch of the last checkpoint loaded into the module
 
     def _trainable_keys(self) -> set[str]:
         return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
@@ -113,6 +117,8 @@ class AdapterModule(TuneloopModule):
             checkpoint["tuneloop"] = {"adapter_only": True}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Which training state these weights are (the adapter export records it).
+        self.restored_from = {"global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch")}
         # Sharded strategies load the weights themselves and hand over the checkpoint without them.
         if checkpoint.get("tuneloop", {}).get("adapter_only") and "state_dict" in checkpoint:
             missing = self._trainable_keys() - set(checkpoint["state_dict"])
@@ -120,16 +126,27 @@ class AdapterModule(TuneloopModule):
                 raise ValueError(f"checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
                                  f"{sorted(missing)[0]}); was it trained with a different model.lora?")
 
+    def tiny_base_dir(self):
+        """Where a tiny model's random base lives: ``<run dir>/base_model`` of the run whose checkpoint is being
+        restored (``checkpoint_run_dir``), else of this run; ``None`` without a Trainer or for a real backbone."""
+        from pathlib import Path
+
+        if not self.backbone.tiny or self._trainer is None:
+            return None
+        if self.checkpoint_run_dir is not None:
+            saved = Path(self.checkpoint_run_dir) / "base_model"
+            if (saved / "config.json").exists():
+                return saved
+        return Path(self.trainer.default_root_dir) / "base_model"
+
     def build_backbone(self, auto_class, quant=None, **config_overrides) -> torch.nn.Module:
         """``self.backbone``'s model (``modules.backbone.build_model``). A tiny model's random base is written
         once, by rank 0, to ``<run dir>/base_model`` with its preprocessing (adapters name it as their base);
-        the other ranks wait for it and load the same weights."""
-        from pathlib import Path
-
+        the other ranks wait for it and load it from there, and a restored checkpoint loads the base of its
+        own run, so a changed seed cannot change the model."""
         from modules.backbone import build_model
 
-        run_dir = Path(self.trainer.default_root_dir) if self._trainer is not None else None
-        tiny_dir = run_dir / "base_model" if (self.backbone.tiny and run_dir is not None) else None
+        tiny_dir = self.tiny_base_dir()
         fresh = tiny_dir is not None and not (tiny_dir / "config.json").exists()
         if tiny_dir is not None and not self.trainer.is_global_zero:
             self.trainer.strategy.barrier("tiny-base")  # rank 0 writes the random base first
@@ -147,8 +164,8 @@ class AdapterModule(TuneloopModule):
         self.tokenizer.save_pretrained(path)
 
     def export_adapter(self, path):
-        """Save the PEFT adapter (adapter_config.json, adapter_model.safetensors) and the tokenizer, once, on
-        rank 0. Called on every rank: a sharded (FSDP2) adapter is gathered into one first."""
+        """Save the PEFT adapter (adapter_config.json, adapter_model.safetensors), the tokenizer and the data's
+        prompt layout (``prompt.json``), once, on rank 0. Called on every rank: a sharded (FSDP2) adapter is gathered into one first."""
         if self.lora is None:
             return None
         state = self.full_state_dict()
@@ -167,7 +184,18 @@ class AdapterModule(TuneloopModule):
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path, state_dict=state)
         self.save_preprocessing(path)
+        datamodule = self.trainer.datamodule
+        spec = datamodule.prompt_spec() if datamodule is not None else None
+        if spec is not None:
+            spec["generation"] = self.generation_settings()
+            import json
+
+            (path / "prompt.json").write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return path
+
+    def generation_settings(self) -> dict:
+        """The ``generate`` arguments this module predicts with (greedy), written into ``prompt.json``."""
+        return {"do_sample": False}
 
     def write_generations(self, rows: list[dict], columns: list[str], images: list | None = None) -> None:
         """Append sample generations to ``generations.jsonl`` in the run directory and log them as the W&B

@@ -210,6 +210,11 @@ class CausalLMModule(AdapterModule):
         """Index of a label name; ``len(labels)`` (the unknown column) for anything else."""
         return self.labels.index(name) if name in self.labels else len(self.labels)
 
+    def generation_settings(self) -> dict:
+        """Greedy decoding; classification generates the longest label's tokens (with EOS) + 2."""
+        longest = max(len(c) for c in self.label_token_ids) if self.labels else None
+        return {"do_sample": False, "max_new_tokens": longest + 2 if longest else self.max_new_tokens}
+
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int) -> list[str]:
         """Greedy continuations of left-padded prompts (batch, prompt_seq), decoded without special tokens."""
@@ -249,8 +254,7 @@ class CausalLMModule(AdapterModule):
             details = [{"generation": None, "scores": {l: round(float(s), 4) for l, s in zip(self.labels, row)}}
                        for row in scores]
             return preds, details
-        longest = max(len(c) for c in self.label_token_ids)
-        texts = self.generate(batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=longest + 2)
+        texts = self.generate(batch["prompt_ids"], batch["prompt_mask"], self.generation_settings()["max_new_tokens"])
         preds = torch.tensor([self._index(match_label(t, self.labels)) for t in texts], device=self.device)
         return preds, [{"generation": t} for t in texts]
 

@@ -13,6 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -151,22 +152,75 @@ class RunArtifacts(Callback):
         print(f"test metrics, predictions and plots written to {run_dir(trainer)}")
 
 
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best checkpoint by the recipe's monitor, or ``None`` when nothing is monitored (or saved yet)."""
+    ckpt = trainer.checkpoint_callback
+    if ckpt is None or not getattr(ckpt, "monitor", None):
+        return None
+    return getattr(ckpt, "best_model_path", "") or None
+
+
+def record_export(trainer: pl.Trainer, name: str, info: dict) -> None:
+    """Note in metrics.json (``exports``) which checkpoint and step the exported directory ``name`` holds."""
+    path = run_dir(trainer) / "metrics.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    update_metrics_file(path, "exports", {**data.get("exports", {}), name: info})
+
+
 class AdapterExport(Callback):
-    """Saves the PEFT adapter (loadable by ``PeftModel.from_pretrained``) to ``<run dir>/adapter/`` whenever a
-    checkpoint is saved and at the end of fit. Every rank calls the module's ``export_adapter`` (gathering a
-    sharded adapter is a collective); the module writes on rank zero only. Modules without
-    ``export_adapter`` (or without an adapter) are skipped."""
+    """Exports the PEFT adapter (``PeftModel.from_pretrained``-loadable, with the tokenizer and ``prompt.json``)
+    so that ``<run dir>/adapter/`` is the model whose test metrics the run reports:
 
-    def _export(self, trainer, pl_module) -> None:
-        export = getattr(pl_module, "export_adapter", None)
-        if export is not None:
-            export(run_dir(trainer) / "adapter")
+    * a recipe with a monitored checkpoint: ``adapter/`` is the best checkpoint, written when the post-fit
+      evaluation has loaded it (the CLI arms this with :meth:`export_loaded_weights`); the final weights go
+      to ``adapter-last/`` at the end of fit;
+    * without a monitor: the final weights are the tested ones and go to ``adapter/``.
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        self._export(trainer, pl_module)
+    ``metrics.json`` (``exports``) records the checkpoint, global step and epoch each directory holds. Every
+    rank calls the module's ``export_adapter`` (gathering a sharded adapter is a collective); it writes on
+    rank zero only. Modules without an adapter are skipped.
+    """
+
+    def __init__(self) -> None:
+        self._export_on_load = False
+
+    def export_loaded_weights(self) -> None:
+        """Export ``adapter/`` at the start of the next evaluation, from the checkpoint it loads."""
+        self._export_on_load = True
+
+    @staticmethod
+    def _export(trainer, pl_module, name: str, info: dict) -> None:
+        from modules.base import AdapterModule
+
+        if not isinstance(pl_module, AdapterModule) or pl_module.lora is None:
+            return
+        pl_module.export_adapter(run_dir(trainer) / name)
+        if trainer.is_global_zero:
+            record_export(trainer, name, info)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self._export(trainer, pl_module)
+        best = best_checkpoint(trainer)
+        info = {"weights": "final", "global_step": trainer.global_step}
+        self._export(trainer, pl_module, "adapter-last" if best else "adapter", info)
+
+    def _on_eval_start(self, trainer, pl_module) -> None:
+        if not self._export_on_load:
+            return
+        self._export_on_load = False
+        restored = getattr(pl_module, "restored_from", None) or {}
+        ckpt = trainer.checkpoint_callback
+        info = {"weights": "best", "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+                "global_step": restored.get("global_step"), "epoch": restored.get("epoch"),
+                "monitor": getattr(ckpt, "monitor", None),
+                "score": float(ckpt.best_model_score) if getattr(ckpt, "best_model_score", None) is not None else None}
+        self._export(trainer, pl_module, "adapter", info)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._on_eval_start(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.VALIDATING:
+            self._on_eval_start(trainer, pl_module)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -16,8 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from datamodules.base import TuneloopDataModule
-from modules.base import TuneloopModule
-from trainer.callbacks import AdapterExport, PredictionWriter, RunArtifacts
+from modules.base import AdapterModule, TuneloopModule
+from trainer.callbacks import AdapterExport, PredictionWriter, RunArtifacts, best_checkpoint
 from trainer.loggers import wandb_logger_config, wandb_offline
 from trainer.run import RunSpec, publish_version, resolve_version, run_dir_from_checkpoint
 from trainer.scaling import BatchSizeError
@@ -75,7 +75,8 @@ class TuneloopCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self._subconfig()
         run = cfg.run
-        from_ckpt = run_dir_from_checkpoint(cfg.get("ckpt_path")) if self.subcommand not in (None, "fit") else None
+        self._ckpt_run_dir = run_dir_from_checkpoint(cfg.get("ckpt_path"))
+        from_ckpt = self._ckpt_run_dir if self.subcommand not in (None, "fit") else None
         if run.version is None and from_ckpt is not None:
             out, version = from_ckpt, from_ckpt.name
         else:
@@ -100,6 +101,11 @@ class TuneloopCLI(LightningCLI):
         if cfg.trainer.enable_progress_bar is not False and not has_bar:
             callbacks.append(RichProgressBar())
         self.trainer_defaults["callbacks"] = callbacks
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if isinstance(self.model, TuneloopModule):
+            self.model.checkpoint_run_dir = getattr(self, "_ckpt_run_dir", None)
 
     def _apply_strategy_preset(self, cfg: Namespace) -> dict | str | None:
         """Check a preset named in ``trainer.strategy`` before anything is built; returns its Trainer
@@ -144,10 +150,18 @@ class TuneloopCLI(LightningCLI):
         return trainer
 
     def after_fit(self) -> None:
-        if not self._subconfig().run.test_after_fit:
-            return
-        has_best = bool(self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path)
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+        """Test the best checkpoint (the final weights when nothing is monitored). The exported ``adapter/`` is
+        written from the weights that evaluation loads, so it is exactly the tested model; without a post-fit
+        test, the best checkpoint is loaded by a validation pass to export it."""
+        best = best_checkpoint(self.trainer)
+        if best:
+            for cb in self.trainer.callbacks:
+                if isinstance(cb, AdapterExport):
+                    cb.export_loaded_weights()
+        if self._subconfig().run.test_after_fit:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+        elif best and isinstance(self.model, AdapterModule) and self.model.lora is not None:
+            self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> TuneloopCLI:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from trainer.scaling import BatchSpec
+from datamodules.batch import BatchSpec
 
 
 class TuneloopDataModule(pl.LightningDataModule):

@@ -16,7 +16,7 @@ import torch
 from datamodules.base import TuneloopDataModule
 from datamodules.collate import PadCollator
 from datamodules.records import RecordFile, check_number, check_text, load_record_file, require_fields
-from trainer.scaling import BatchSpec
+from datamodules.batch import BatchSpec
 
 Task = Literal["binary", "multiclass", "multilabel", "regression"]
 

@@ -36,7 +36,7 @@ from datamodules.templates import (
     tokenize_segments,
     truncate,
 )
-from trainer.scaling import BatchSpec
+from datamodules.batch import BatchSpec
 
 _ROLES = ("system", "user", "assistant")
 

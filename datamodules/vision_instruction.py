@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from datamodules.base import TuneloopDataModule
 from datamodules.records import RecordError, RecordFile, load_record_file
 from datamodules.templates import Segment, chat_segments, loss_token_count
-from trainer.scaling import BatchSpec
+from datamodules.batch import BatchSpec
 
 QA_TYPES = ("A", "B", "C", "D")
 REVIEW_VALUES = ("pending", "accepted", "edited", "rejected")

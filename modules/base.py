@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import lightning.pytorch as pl
 import torch
 
-from trainer.optim import SchedulerSpec, param_groups
+from modules.optim import SchedulerSpec, param_groups
 
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
 

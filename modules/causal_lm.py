@@ -25,7 +25,7 @@ from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora, load
 from modules.base import AdapterModule, OptimizerCallable, default_optimizer
 from modules.metrics import LabelPredictionStats
 from modules.token_loss import StepTokenLoss
-from trainer.optim import SchedulerSpec
+from modules.optim import SchedulerSpec
 
 
 class CausalLMModule(AdapterModule):
@@ -197,9 +197,9 @@ class CausalLMModule(AdapterModule):
         """BERTScore F1 of each row's generation (or predicted label) against its gold label."""
         if getattr(self, "_bertscorer", None) is None:
             from modules.backbone import resolve_path
-            from trainer.judges import BertScoreJudge
+            from modules.bertscore import BertScorer
 
-            self._bertscorer = BertScoreJudge(resolve_path(self.bertscore_model), device=str(self.device))
+            self._bertscorer = BertScorer(resolve_path(self.bertscore_model), device=str(self.device))
         return [self._bertscorer.similarity(r.get("generation") or r["pred"], r["target"]) for r in rows]
 
     # ----- prediction -------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ class CausalLMModule(AdapterModule):
         import numpy as np
 
         from modules.metrics import per_label_table
-        from trainer import plots
+        from modules import plots
 
         names = [*self.labels, "unknown"]
         cm = np.zeros((len(names), len(names)), dtype=np.int64)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from modules.backbone import BackboneSpec, LoraSpec, apply_lora, build_model, load_tokenizer
 from modules.base import OptimizerCallable, TuneloopModule, default_optimizer
 from modules.metrics import build_metrics, compute_and_reset
-from trainer.optim import SchedulerSpec
+from modules.optim import SchedulerSpec
 
 
 class EncoderModule(TuneloopModule):
@@ -211,7 +211,7 @@ class EncoderModule(TuneloopModule):
         """Confusion matrix (classification) or parity plot (regression) of ``outputs`` as PNG."""
         from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix
 
-        from trainer import plots
+        from modules import plots
 
         if not outputs or "target" not in outputs[0]:
             return []

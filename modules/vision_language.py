@@ -25,7 +25,7 @@ from torch import nn
 from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora
 from modules.base import OptimizerCallable, default_optimizer
 from modules.causal_lm import CausalLMModule
-from trainer.optim import SchedulerSpec
+from modules.optim import SchedulerSpec
 
 # Child modules that hold the vision half of common image-text models (tower and projector).
 VISION_MODULE_NAMES = ("visual", "vision_tower", "vision_model", "multi_modal_projector")
@@ -239,7 +239,7 @@ class VisionLanguageModule(CausalLMModule):
             return []
         import numpy as np
 
-        from trainer import plots
+        from modules import plots
 
         col = {False: 0, True: 1, None: 2}
         cm = np.zeros((3, 3), dtype=np.int64)

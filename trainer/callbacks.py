@@ -109,7 +109,7 @@ class RunArtifacts(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        from trainer import plots
+        from modules import plots
 
         out = run_dir(trainer)
         values = _floats(trainer.callback_metrics)

@@ -20,7 +20,7 @@ from modules.base import AdapterModule, TuneloopModule
 from trainer.callbacks import AdapterExport, PredictionWriter, RunArtifacts, best_checkpoint
 from trainer.loggers import wandb_logger_config, wandb_offline
 from trainer.run import RunSpec, publish_version, resolve_version, run_dir_from_checkpoint
-from trainer.scaling import BatchSizeError
+from datamodules.batch import BatchSizeError
 
 
 class RunConfigSaver(SaveConfigCallback):

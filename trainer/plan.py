@@ -196,7 +196,7 @@ class Recipe:
     backbone: Any  # modules.backbone.BackboneSpec
     lora: Any  # LoraSpec | None
     quant: Any  # QuantSpec | None
-    batch: Any  # trainer.scaling.BatchSpec
+    batch: Any  # datamodules.batch.BatchSpec
     seq_len: int
     seq_len_source: str
     precision: str
@@ -232,7 +232,7 @@ def _signature_default(class_path: str | None, name: str) -> Any:
 def read_recipe(paths: list[str], seq_len: int | None = None) -> Recipe:
     """Stack ``paths`` and extract the planner's inputs (validated through the modules' dataclasses)."""
     from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, TinySpec
-    from trainer.scaling import BatchSizeError, BatchSpec
+    from datamodules.batch import BatchSizeError, BatchSpec
 
     config = stack_configs(paths)
     model_cp, model_args = _section(config, "model")
@@ -793,7 +793,7 @@ def strategy_memory(inv: dict, act: dict, recipe: Recipe, gpus: int, nodes: int,
 def plan(configs: list[str], gpus: int = 1, nodes: int = 1, gpu_memory: float = 80.0, seq_len: int | None = None,
          attention: str = "sdpa") -> dict:
     """Everything ``tuneloop plan`` prints, as one JSON-able dict."""
-    from trainer.scaling import BatchSizeError, derive_accumulation
+    from datamodules.batch import BatchSizeError, derive_accumulation
 
     if gpus < 1 or nodes < 1:
         raise PlanError(f"--gpus and --nodes must be >= 1, got {gpus} and {nodes}")

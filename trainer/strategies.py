@@ -28,7 +28,7 @@ from typing import Any
 from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 
-from trainer.scaling import BatchSpec
+from datamodules.batch import BatchSpec
 
 PRESETS = ("ddp", "fsdp", "fsdp1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
 CUDA_ONLY = ("fsdp1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")

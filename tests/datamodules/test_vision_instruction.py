@@ -13,7 +13,7 @@ from datamodules.vision_instruction import VisionCollator, VisionInstructionData
 from modules.backbone import BackboneSpec
 from modules.processor import load_vision_processor
 from tests.conftest import TOKENIZER, write_jsonl
-from trainer.scaling import BatchSpec
+from datamodules.batch import BatchSpec
 
 QUESTION = "Raise an alert if any worker is missing a helmet or a safety vest."
 ANSWER = "Worker 2 wears an orange T-shirt without reflective stripes. Alert: True"

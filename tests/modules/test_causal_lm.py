@@ -16,8 +16,8 @@ from modules.causal_lm import CausalLMModule, match_label, normalize_label_text
 from modules.metrics import LabelPredictionStats
 from tests.conftest import TOKENIZER, write_jsonl
 from trainer.callbacks import AdapterExport, RunArtifacts
-from trainer.optim import SchedulerSpec
-from trainer.scaling import BatchSpec
+from modules.optim import SchedulerSpec
+from datamodules.batch import BatchSpec
 
 LABELS = ["날씨", "일정", "이미지생성"]
 INTENT_ROWS = [

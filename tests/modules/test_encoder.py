@@ -14,8 +14,8 @@ from modules.backbone import BackboneSpec, LoraSpec, resolve_path
 from modules.encoder import EncoderModule, frequency_baseline
 from tests.conftest import ROOT, TOKENIZER
 from trainer.callbacks import RunArtifacts
-from trainer.optim import SchedulerSpec
-from trainer.scaling import BatchSpec
+from modules.optim import SchedulerSpec
+from datamodules.batch import BatchSpec
 
 WAAM = ROOT / "data" / "samples" / "waam"
 DEFECTS = ["porosity", "lack_of_fusion", "humping", "cracking", "spatter", "undercut"]

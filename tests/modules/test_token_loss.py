@@ -12,7 +12,7 @@ from modules.causal_lm import CausalLMModule
 from modules.token_loss import micro_batch_counts, step_sums
 from tests.conftest import TOKENIZER, write_jsonl
 from trainer.callbacks import RunArtifacts
-from trainer.scaling import BatchSpec
+from datamodules.batch import BatchSpec
 
 
 def test_micro_batch_counts_and_step_sums():

@@ -16,8 +16,8 @@ from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, TinySpec, apply_
 from modules.vision_language import VisionLanguageModule, lora_target_regex, vision_prefixes, vision_quant
 from tests.conftest import TOKENIZER, write_jsonl
 from trainer.callbacks import AdapterExport, RunArtifacts
-from trainer.optim import SchedulerSpec
-from trainer.scaling import BatchSpec
+from modules.optim import SchedulerSpec
+from datamodules.batch import BatchSpec
 
 QUESTION = "Raise an alert if any worker is missing a helmet or a safety vest. End with Alert: True or Alert: False."
 

@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import ROOT
 from trainer.cli import TuneloopCLI
-from trainer.scaling import BatchSizeError
+from datamodules.batch import BatchSizeError
 
 RECIPES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")
                  if p.parent.name not in ("strategy", "demo") and p.name != "debug.yaml")

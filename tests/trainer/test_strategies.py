@@ -233,7 +233,7 @@ def _deepspeed_cpu_steps() -> dict:
     from torch.utils.data import TensorDataset
 
     from datamodules.base import TuneloopDataModule
-    from trainer.scaling import BatchSpec
+    from datamodules.batch import BatchSpec
 
     def on_cpu(cls):
         class OnCPU(cls):

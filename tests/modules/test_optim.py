@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.optim import SchedulerSpec, param_groups
+from modules.optim import SchedulerSpec, param_groups
 
 
 class Tiny(nn.Module):

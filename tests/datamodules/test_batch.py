@@ -1,6 +1,6 @@
 import pytest
 
-from trainer.scaling import BatchSizeError, BatchSpec, derive_accumulation
+from datamodules.batch import BatchSizeError, BatchSpec, derive_accumulation
 
 
 @pytest.mark.parametrize(

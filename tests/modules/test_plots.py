@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.plots import confusion_matrix_plot, loss_curve, multilabel_confusion_plot, parity_plot
+from modules.plots import confusion_matrix_plot, loss_curve, multilabel_confusion_plot, parity_plot
 
 
 def _check_png(path, expected):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
+from typing import ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -34,6 +35,21 @@ class TuneloopModule(pl.LightningModule):
         # set by the CLI: a debug run's random base is loaded from there, not drawn anew.
         self.checkpoint_run_dir = None
         self._eval_outputs: list = []  # this process's test-step outputs, for predictions.jsonl and plots
+
+    # ----- how ``tuneloop plan`` builds this module's model (meta device, no weights, no Trainer) -----------
+    #: PEFT task type of the module's adapters; ``SEQ_CLS`` models carry a classification head of
+    #: ``num_labels`` outputs (the planner builds them with ``AutoModelForSequenceClassification``).
+    peft_task_type: ClassVar[str] = "CAUSAL_LM"
+
+    @classmethod
+    def planned_quant(cls, quant):
+        """The 4-bit settings this module applies for the recipe's ``quant`` (e.g. modules kept unquantized)."""
+        return quant
+
+    @classmethod
+    def planned_lora(cls, model: torch.nn.Module, lora, init_args: dict):
+        """The LoRA settings this module applies to ``model`` for the recipe's ``lora`` and ``init_args``."""
+        return lora
 
     def on_test_epoch_start(self) -> None:
         self._eval_outputs = []

@@ -45,6 +45,8 @@ class EncoderModule(TuneloopModule):
         scheduler: Learning-rate schedule over all optimizer steps.
     """
 
+    peft_task_type = "SEQ_CLS"
+
     def __init__(
         self,
         backbone: BackboneSpec,

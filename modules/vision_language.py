@@ -103,6 +103,19 @@ class VisionLanguageModule(CausalLMModule):
                          classify_on_validation=False, optimizer=optimizer, scheduler=scheduler)
         self.vision = vision
 
+    @classmethod
+    def planned_quant(cls, quant: QuantSpec | None) -> QuantSpec | None:
+        """The vision tower and projector stay unquantized unless ``quant.skip_modules`` says otherwise."""
+        return vision_quant(quant)
+
+    @classmethod
+    def planned_lora(cls, model: nn.Module, lora: LoraSpec | None, init_args: dict) -> LoraSpec | None:
+        """``all-linear`` means the language model's linear layers (and the vision tower's with ``vision: lora``)."""
+        if lora is None or lora.target_modules != "all-linear":
+            return lora
+        include_vision = (init_args.get("vision") or "frozen") == "lora"
+        return LoraSpec(**{**lora.__dict__, "target_modules": lora_target_regex(model, include_vision)})
+
     def load_preprocessing(self, backbone: BackboneSpec):
         """The model's processor (tokenizer + image processor); returns its tokenizer. For a tiny model, also the
         config token ids pointing at the local tokenizer's copies of the family's special tokens."""
@@ -135,11 +148,9 @@ class VisionLanguageModule(CausalLMModule):
             return
         from transformers import AutoModelForImageTextToText
 
-        quant = vision_quant(self.quant)
+        quant = self.planned_quant(self.quant)
         model = self.build_backbone(AutoModelForImageTextToText, quant=quant, **self._config_token_ids)
-        lora = self.lora
-        if lora is not None and lora.target_modules == "all-linear":
-            lora = LoraSpec(**{**lora.__dict__, "target_modules": lora_target_regex(model, self.vision == "lora")})
+        lora = self.planned_lora(model, self.lora, {"vision": self.vision})
         if lora is None:
             for prefix in vision_prefixes(model):  # full fine-tuning trains the language model only
                 model.get_submodule(prefix).requires_grad_(False)

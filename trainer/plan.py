@@ -204,15 +204,14 @@ class Recipe:
     optimizer_args: dict = field(default_factory=dict)
     task: str | None = None
     num_labels: int | None = None
-    vision: str = "frozen"  # VisionLanguageModule: frozen vision tower, or LoRA on it too
 
-    @property
-    def is_vision_language(self) -> bool:
-        return self.model_class_path.rsplit(".", 1)[-1] == "VisionLanguageModule"
+    module_class: Any = None  # the LightningModule class of model.class_path; describes how it builds its model
+    model_args: dict = field(default_factory=dict)  # model.init_args as written in the recipe
 
     @property
     def is_encoder(self) -> bool:
-        return self.model_class_path.rsplit(".", 1)[-1] == "EncoderModule" or ".encoder." in f".{self.model_class_path}."
+        """A sequence-classification model (head of ``num_labels``), as the module declares."""
+        return self.module_class.peft_task_type == "SEQ_CLS"
 
 
 def _signature_default(class_path: str | None, name: str) -> Any:
@@ -227,6 +226,22 @@ def _signature_default(class_path: str | None, name: str) -> Any:
     except Exception:  # noqa: BLE001 - a module that cannot be imported simply has no default to offer
         return None
     return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _module_class(class_path: str):
+    """The task module class named by ``model.class_path`` (it declares how it builds its model)."""
+    import importlib
+
+    from modules.base import TuneloopModule
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise PlanError(f"model.class_path {class_path!r} cannot be imported: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, TuneloopModule)):
+        raise PlanError(f"model.class_path {class_path!r} is not a tuneloop task module (modules.base.TuneloopModule)")
+    return cls
 
 
 def read_recipe(paths: list[str], seq_len: int | None = None) -> Recipe:
@@ -288,7 +303,7 @@ def read_recipe(paths: list[str], seq_len: int | None = None) -> Recipe:
     recipe = Recipe(paths=list(paths), model_class_path=model_cp, data_class_path=data_cp, backbone=backbone,
                     lora=lora, quant=quant, batch=batch, seq_len=seq_len, seq_len_source=source,
                     precision=precision, optimizer=optimizer, optimizer_args=optimizer_args,
-                    vision=model_args.get("vision") or "frozen")
+                    module_class=_module_class(model_cp), model_args=dict(model_args))
     if recipe.is_encoder:
         task = data_args.get("task")
         if task is None:
@@ -433,11 +448,7 @@ def build_meta_model(recipe: Recipe) -> Built:
             model = cls._from_config(config, dtype=spec.torch_dtype)
     quantized, patterns, kept = {}, [], []
     if recipe.quant is not None:
-        quant = recipe.quant
-        if recipe.is_vision_language:
-            from modules.vision_language import vision_quant
-
-            quant = vision_quant(quant)  # the module's default: vision tower and projector unquantized
+        quant = recipe.module_class.planned_quant(recipe.quant)  # as the module quantizes (e.g. VLM: not the vision tower)
         quantized, patterns, kept = _quantize_on_meta(model, quant)
     base_total = _peft_count(model)[1]
     if recipe.lora is not None:
@@ -448,15 +459,9 @@ def build_meta_model(recipe: Recipe) -> Built:
                 warnings.simplefilter("ignore", FutureWarning)
                 model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing,
                                                         gradient_checkpointing_kwargs={"use_reentrant": False})
-        task_type = "SEQ_CLS" if recipe.is_encoder else "CAUSAL_LM"
-        lora = recipe.lora
-        if recipe.is_vision_language and lora.target_modules == "all-linear":
-            from modules.backbone import LoraSpec
-            from modules.vision_language import lora_target_regex
-
-            # As the module resolves it: the language model's linear layers (the vision tower's too with lora).
-            lora = LoraSpec(**{**lora.__dict__,
-                               "target_modules": lora_target_regex(model, include_vision=recipe.vision == "lora")})
+        task_type = recipe.module_class.peft_task_type
+        # As the module resolves it (VLM: the language model's linear layers, the vision tower's with lora).
+        lora = recipe.module_class.planned_lora(model, recipe.lora, recipe.model_args)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             model = get_peft_model(model, lora.to_peft(task_type), low_cpu_mem_usage=True)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers  # noqa: F401
 
+from modules.vision_language import VisionLanguageModule
 from tests.conftest import ROOT
 from trainer.plan import PlanError, _merge, build_meta_model, main, plan, read_recipe
 
@@ -331,3 +332,23 @@ def test_config_stacking_semantics():
         "r": 8, "alpha": 4}
     assert _merge(base, {"model": {"class_path": "b.B", "init_args": {"y": 2}}})["model"] == {
         "class_path": "b.B", "init_args": {"y": 2}}
+
+
+class RenamedVisionModule(VisionLanguageModule):
+    """A task module under another name: the planner must follow what it declares, not its class name."""
+
+
+def test_planner_asks_the_module_how_it_builds_its_model_not_its_class_name(tmp_path):
+    recipe = "configs/vlm/qwen2.5-vl-32b-qlora.yaml"
+    text = (ROOT / recipe).read_text(encoding="utf-8")
+    assert "class_path: modules.vision_language.VisionLanguageModule" in text
+    renamed = _overlay(tmp_path, "renamed.yaml", text.replace("modules.vision_language.VisionLanguageModule",
+                                                              "tests.trainer.test_plan.RenamedVisionModule"))
+    built = build_meta_model(read_recipe([renamed]))
+    reference = build_meta_model(read_recipe([recipe]))
+    assert (built.trainable, built.base_total) == (reference.trainable, reference.base_total) == \
+        (134_217_728, reference.base_total)
+    assert built.quantized and not any(".visual." in name for name in built.quantized)
+    bad = _overlay(tmp_path, "bad.yaml", text.replace("VisionLanguageModule", "NoSuchModule"))
+    with pytest.raises(PlanError, match="NoSuchModule.*cannot be imported"):
+        read_recipe([bad])

@@ -39,6 +39,12 @@ class TuneloopDataModule(pl.LightningDataModule):
     def tokenizer(self, value) -> None:
         self._tokenizer = value
 
+    def print_once(self, message: str) -> None:
+        """Print a data report (truncated or skipped samples) once: on global rank zero, not on every process."""
+        trainer = self.trainer
+        if trainer is None or trainer.is_global_zero:
+            print(message)
+
     def prompt_spec(self) -> dict | None:
         """How a record becomes the model's prompt, written as ``prompt.json`` beside an exported adapter so the
         adapter can be prompted without tuneloop; ``None`` for tasks without text prompts."""

@@ -223,7 +223,7 @@ class InstructionDataModule(TuneloopDataModule):
             ds = ds.select(keep)
         self.truncation_report[split] = report
         if any(report[k] for k in ("prompt_truncated", "response_truncated", "dropped")):
-            print(f"{self.files[split]}: {report['prompt_truncated']} prompts truncated, "
+            self.print_once(f"{self.files[split]}: {report['prompt_truncated']} prompts truncated, "
                   f"{report['response_truncated']} responses truncated, {report['dropped']} samples dropped "
                   f"(cutoff_len={cutoff}, overlong={overlong})")
         return ds

@@ -251,7 +251,7 @@ class VisionInstructionDataModule(TuneloopDataModule):
         report = {"records": len(ds), "overlong_skipped": len(over), "unreviewed_skipped": len(set(unreviewed) - set(over))}
         if drop:
             ds = ds.select([i for i in range(len(ds)) if i not in drop])
-            print(f"{rf.path}: {report['overlong_skipped']} samples longer than cutoff_len={cutoff} skipped, "
+            self.print_once(f"{rf.path}: {report['overlong_skipped']} samples longer than cutoff_len={cutoff} skipped, "
                   f"{report['unreviewed_skipped']} unreviewed (pending/rejected) records left out")
         if len(ds) == 0:
             raise RecordError(str(rf.path), None, "no usable records left (all over-long or unreviewed)")

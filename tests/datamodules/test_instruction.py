@@ -167,3 +167,16 @@ def test_length_grouped_steps_hold_the_same_samples_at_any_world_size_and_micro_
                      for i in range(0, 24, 4)]
     spread = [max(lengths[j] for j in b) - min(lengths[j] for j in b) for b in micro_batches]
     assert np.mean(spread) < 0.25 * (max(lengths) - min(lengths))  # similar lengths within a micro batch
+
+
+@pytest.mark.parametrize("global_zero", [True, False])
+def test_truncation_report_is_printed_once_on_rank_zero_only(tmp_path, tokenizer, capsys, global_zero):
+    from types import SimpleNamespace
+
+    rows = [{"id": "long", "instruction": "Summarize.", "input": "word " * 200, "output": "ok"}]
+    dm = _dm(tmp_path, tokenizer, "alpaca", rows, cutoff_len=64)
+    dm.trainer = SimpleNamespace(is_global_zero=global_zero)  # what a DDP rank's Trainer says of itself
+    dm.setup("fit")
+    assert dm.truncation_report["train"]["prompt_truncated"] == 1
+    out = capsys.readouterr().out
+    assert ("1 prompts truncated" in out) == global_zero

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import unicodedata
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -138,8 +139,8 @@ class CausalLMModule(AdapterModule):
         # A mean over the loss tokens of the whole optimizer step (all micro batches, all processes), so the
         # same global batch trains the same on any number of processes and any micro batch size.
         nll, _ = self.token_nll(batch)
-        loss = self.step_loss.training_loss(self, self.trainer.datamodule.loss_token_counts("train"), batch_idx,
-                                            batch["loss_tokens"], nll)
+        counts = partial(self.trainer.datamodule.loss_token_counts, "train")  # read once per epoch, not per batch
+        loss = self.step_loss.training_loss(self, counts, batch_idx, batch["loss_tokens"], nll)
         mask = batch["attention_mask"]
         # Weighted by tokens: the epoch value is pad tokens / all tokens.
         self.log("train/padding_fraction", 1.0 - mask.float().mean(), on_step=False, on_epoch=True,

@@ -20,7 +20,7 @@ FSDP2, DeepSpeed) averages gradients over ``world`` processes, so returning
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -50,8 +50,10 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 class StepTokenLoss:
     """Per-epoch table of loss tokens per optimizer step (all processes) and the step loss to log.
 
-    Used by a LightningModule in ``training_step``: ``loss = norm.training_loss(module, batch, batch_idx, nll)``.
-    ``counts`` returns the loss tokens of every training sample (index = dataset index).
+    Used by a LightningModule in ``training_step``:
+    ``loss = norm.training_loss(module, counts, batch_idx, batch["loss_tokens"], nll_sum)``, where ``counts()``
+    returns the loss tokens of every training sample (index = dataset index); it is called only when the
+    table is built, once per epoch, not on every micro batch.
     """
 
     def __init__(self) -> None:
@@ -72,10 +74,10 @@ class StepTokenLoss:
         self._steps = steps.tolist()
         self._epoch = trainer.current_epoch
 
-    def step_tokens(self, trainer, counts: Sequence[int], batch_idx: int, batch_tokens: int) -> int:
+    def step_tokens(self, trainer, counts: Callable[[], Sequence[int]], batch_idx: int, batch_tokens: int) -> int:
         """Loss tokens of the optimizer step that micro batch ``batch_idx`` belongs to (all processes)."""
         if self._epoch != trainer.current_epoch or batch_idx >= len(self._micro):
-            self._table(trainer, counts)
+            self._table(trainer, counts())
         expected = self._micro[batch_idx]
         if batch_tokens != expected:
             raise RuntimeError(
@@ -84,7 +86,7 @@ class StepTokenLoss:
                 "within an epoch, so the loss cannot be normalized over the optimizer step")
         return self._steps[batch_idx // trainer.accumulate_grad_batches]
 
-    def training_loss(self, module, counts: Sequence[int], batch_idx: int, batch_tokens: int,
+    def training_loss(self, module, counts: Callable[[], Sequence[int]], batch_idx: int, batch_tokens: int,
                       nll_sum: torch.Tensor) -> torch.Tensor:
         """The loss to return from ``training_step`` for a micro batch whose summed token NLL is ``nll_sum``;
         logs ``train/loss`` (the step's token mean over every process) at the step's last micro batch."""

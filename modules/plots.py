@@ -29,6 +29,18 @@ def _new_figure(width: float, height: float) -> Any:
     return fig
 
 
+def _panel_grid(n: int, max_cols: int, panel_width: float, panel_height: float) -> tuple[Any, list]:
+    """A figure with a grid of ``n`` panels, at most ``max_cols`` to a row; grid cells past ``n`` are hidden.
+    Returns the figure and all its axes in row order (at least one, also when ``n`` is 0)."""
+    ncols = max(1, min(n, max_cols))
+    nrows = max(1, math.ceil(n / ncols))
+    fig = _new_figure(panel_width * ncols, panel_height * nrows)
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,14 +145,8 @@ def multilabel_confusion_plot(matrices: np.ndarray, labels: Sequence[str], path:
     if m.shape[0] != len(labels):
         raise ValueError(f"{m.shape[0]} confusion matrices but {len(labels)} labels were given")
     n = m.shape[0]
-    ncols = max(1, min(n, 4))
-    nrows = max(1, math.ceil(n / ncols))
-    fig = _new_figure(3.0 * ncols, 3.0 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        if k >= n:
-            ax.set_axis_off()
-            continue
+    fig, axes = _panel_grid(n, 4, 3.0, 3.0)
+    for k, ax in enumerate(axes[:n]):
         ax.imshow(m[k], cmap="Blues", interpolation="nearest", vmin=0)
         ax.set_xticks([0, 1])
         ax.set_yticks([0, 1])
@@ -151,7 +157,7 @@ def multilabel_confusion_plot(matrices: np.ndarray, labels: Sequence[str], path:
         ax.set_title(str(labels[k]), fontsize=10)
         _annotate_counts(ax, m[k])
     if n == 0:
-        axes.flat[0].text(0.5, 0.5, "no labels", ha="center", va="center", transform=axes.flat[0].transAxes)
+        axes[0].text(0.5, 0.5, "no labels", ha="center", va="center", transform=axes[0].transAxes)
     fig.suptitle("Per-label confusion matrices")
     fig.tight_layout()
     return _save(fig, path)
@@ -192,14 +198,8 @@ def parity_plot(
     t = yt.shape[1]
     if t != len(target_names):
         raise ValueError(f"{t} targets but {len(target_names)} target_names were given")
-    ncols = max(1, min(t, 3))
-    nrows = max(1, math.ceil(t / ncols))
-    fig = _new_figure(4.2 * ncols, 4.0 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        if k >= t:
-            ax.set_axis_off()
-            continue
+    fig, axes = _panel_grid(t, 3, 4.2, 4.0)
+    for k, ax in enumerate(axes[:t]):
         true_k, pred_k = yt[:, k], yp[:, k]
         ax.scatter(true_k, pred_k, s=12, alpha=0.6, color="tab:blue", edgecolors="none")
         finite = np.concatenate([true_k, pred_k])

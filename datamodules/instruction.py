@@ -200,7 +200,8 @@ class InstructionDataModule(TuneloopDataModule):
             fitted = fitted or full
             prompt = prompt[-(cutoff - 1):] if len(prompt) >= cutoff else prompt
             return {"id": str(record[id_field]) if id_field else str(index), "input_ids": fitted.input_ids,
-                    "labels": fitted.labels, "loss_tokens": loss_token_count(fitted.labels), "prompt_ids": prompt, "reference": reference, "status": status,
+                    "labels": fitted.labels, "loss_tokens": loss_token_count(fitted.labels), "prompt_ids": prompt,
+                    "reference": reference, "status": status,
                     "length": len(fitted.input_ids), "format": fmt}
 
         ds = rf.dataset.map(encode, with_indices=True, remove_columns=rf.dataset.column_names,

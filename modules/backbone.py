@@ -327,12 +327,11 @@ def build_model(
         # The tiny model's base is the saved random model (or nothing), never the production architecture
         # config: PEFT records it in adapter_config.json and compares vocabularies against it.
         model.config._name_or_path = model.name_or_path = str(tiny_dir) if tiny_dir is not None else ""
-        if tiny_dir is not None:
+        if tiny_dir is not None:  # not saved yet (a saved base is loaded by the branch above)
             tiny_dir = Path(tiny_dir)
-            if not (tiny_dir / "config.json").exists():
-                tiny_dir.mkdir(parents=True, exist_ok=True)
-                model.save_pretrained(tiny_dir)
-                tokenizer.save_pretrained(tiny_dir)
+            tiny_dir.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(tiny_dir)
+            tokenizer.save_pretrained(tiny_dir)
             source = str(tiny_dir)
         elif quant is not None:
             raise ValueError("a quantized tiny model needs tiny_dir to be loaded from")

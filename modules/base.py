@@ -181,7 +181,8 @@ class AdapterModule(TuneloopModule):
 
     def export_adapter(self, path):
         """Save the PEFT adapter (adapter_config.json, adapter_model.safetensors), the tokenizer and the data's
-        prompt layout (``prompt.json``), once, on rank 0. Called on every rank: a sharded (FSDP2) adapter is gathered into one first."""
+        prompt layout (``prompt.json``), once, on rank 0. Called on every rank: a sharded (FSDP2) adapter is
+        gathered into one first."""
         if self.lora is None:
             return None
         state = self.full_state_dict()

@@ -1,7 +1,8 @@
 """Causal-LM tasks (MISSION §1, §2): instruction SFT and generative classification, one module.
 
 The loss is the next-token cross-entropy on response tokens only (the DataModule masks prompts with
--100), averaged over the loss tokens of the whole optimizer step (:mod:`modules.token_loss`). Whether the task is free-form SFT or classification comes from the DataModule: with a label set
+-100), averaged over the loss tokens of the whole optimizer step (:mod:`modules.token_loss`). Whether the
+task is free-form SFT or classification comes from the DataModule: with a label set
 (intent data) the label is generated as text and predicted either by ``generate`` (greedy decoding,
 normalized and mapped to a label; outputs that match none count as ``unknown``) or by ``rank`` (the
 label with the highest log-likelihood after the prompt, always valid).
@@ -118,7 +119,7 @@ class CausalLMModule(AdapterModule):
         from transformers import AutoModelForCausalLM
 
         model = self.build_backbone(AutoModelForCausalLM, quant=self.quant)
-        model = apply_lora(model, self.lora, task_type="CAUSAL_LM", quantized=self.quant is not None,
+        model = apply_lora(model, self.lora, task_type=self.peft_task_type, quantized=self.quant is not None,
                            gradient_checkpointing=self.backbone.gradient_checkpointing)
         self.model = self.shard(model)
 

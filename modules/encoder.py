@@ -107,7 +107,7 @@ class EncoderModule(TuneloopModule):
 
         model = build_model(AutoModelForSequenceClassification, self.backbone, self.tokenizer,
                             num_labels=self.num_outputs)
-        self.model = self.shard(apply_lora(model, self.lora, task_type="SEQ_CLS"))
+        self.model = self.shard(apply_lora(model, self.lora, task_type=self.peft_task_type))
 
     # ----- forward, loss, predictions -------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:

@@ -154,7 +154,7 @@ class VisionLanguageModule(CausalLMModule):
         if lora is None:
             for prefix in vision_prefixes(model):  # full fine-tuning trains the language model only
                 model.get_submodule(prefix).requires_grad_(False)
-        model = apply_lora(model, lora, task_type="CAUSAL_LM", quantized=quant is not None,
+        model = apply_lora(model, lora, task_type=self.peft_task_type, quantized=quant is not None,
                            gradient_checkpointing=self.backbone.gradient_checkpointing)
         self.model = self.shard(model)
         # Qwen2-VL-family models place image tokens in 3D (multimodal RoPE) only when told which tokens are

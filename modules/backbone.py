@@ -184,12 +184,14 @@ def resolve_path(name_or_path: str) -> str:
     return str(path)
 
 
-def load_tokenizer(spec: BackboneSpec):
-    """The tokenizer of the backbone; pad token set (to EOS when the tokenizer has none)."""
+def load_tokenizer(spec: BackboneSpec, local_files_only: bool = False):
+    """The tokenizer of the backbone; pad token set (to EOS when the tokenizer has none). ``local_files_only``:
+    never reach for the Hub (the planner)."""
     from transformers import AutoTokenizer
 
     path = resolve_path(spec.tokenizer or spec.name_or_path)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code,
+                                        local_files_only=local_files_only)
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(f"tokenizer {path!r} has neither a pad nor an eos token; set one in its config")

@@ -34,6 +34,9 @@ PRESETS = ("ddp", "fsdp", "fsdp1", "deepspeed_zero2", "deepspeed_zero3", "deepsp
 CUDA_ONLY = ("fsdp1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
 # Presets that shard parameters: a 4-bit base must store its packed weights in the compute dtype.
 SHARDS_PARAMETERS = ("fsdp", "fsdp1", "deepspeed_zero3", "deepspeed_zero3_offload")
+# The presets from the simplest to the most involved: ``tuneloop plan`` recommends the first that fits (never
+# fsdp1, which needs the same memory as fsdp).
+RECOMMEND_ORDER = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
 
 
 class StrategyError(ValueError):

@@ -13,7 +13,7 @@ import transformers  # noqa: F401
 
 from modules.vision_language import VisionLanguageModule
 from tests.conftest import ROOT
-from trainer.plan import PlanError, _merge, build_meta_model, main, plan, read_recipe
+from trainer.plan import PlanError, build_meta_model, main, plan, read_recipe, resolve_config
 
 EXAONE_LORA = "configs/intent/exaone-4.0-1.2b-lora.yaml"
 KOMT_LORA = "configs/sft/komt-llama2-13b-lora.yaml"
@@ -38,6 +38,7 @@ model:
 data:
   class_path: datamodules.instruction.InstructionDataModule
   init_args:
+    format: alpaca
     cutoff_len: 1024
     batch: {global_batch_size: 16, micro_batch_size: 1}
 """
@@ -192,11 +193,16 @@ def test_sharding_divides_by_world_size_and_the_recommendation_is_the_simplest_t
 
 
 def test_strategy_names_are_the_presets():
-    from trainer import plan as planner
-    from trainer.strategies import PRESETS, SHARDS_PARAMETERS
+    from trainer.strategies import PRESETS, RECOMMEND_ORDER, SHARDS_PARAMETERS
 
-    assert planner.STRATEGIES == PRESETS and planner.SHARDS_PARAMS == set(SHARDS_PARAMETERS)
-    assert set(planner.RECOMMEND_ORDER) == set(PRESETS) - {"fsdp1"}
+    assert set(RECOMMEND_ORDER) == set(PRESETS) - {"fsdp1"}
+    assert [s for s in PRESETS if s in RECOMMEND_ORDER] == list(RECOMMEND_ORDER)  # simplest first
+    result = plan([KOMT_QLORA], gpus=1, gpu_memory=80)
+    assert tuple(result["strategies"]) == PRESETS  # one row per preset, in the presets' order
+    # The 4-bit storage note is given exactly for the presets that shard parameters.
+    noted = {name for name, e in result["strategies"].items() if any("quant_storage" in n for n in e["notes"])}
+    assert noted == set(SHARDS_PARAMETERS)
+    assert result["recommended"] == RECOMMEND_ORDER[0]  # everything fits 80 GiB: the simplest preset
 
 
 def test_qlora_13b_fits_a_24_gib_card():
@@ -325,13 +331,31 @@ def test_recipe_without_arch_config_is_a_clear_error(tmp_path):
         plan([_overlay(tmp_path, "r.yaml", text)])
 
 
-def test_config_stacking_semantics():
-    base = {"model": {"class_path": "a.A", "init_args": {"x": 1, "lora": {"r": 8}}}}
-    assert _merge(base, {"model": {"init_args": {"lora": None}}})["model"]["init_args"] == {"x": 1, "lora": None}
-    assert _merge(base, {"model": {"init_args": {"lora": {"alpha": 4}}}})["model"]["init_args"]["lora"] == {
-        "r": 8, "alpha": 4}
-    assert _merge(base, {"model": {"class_path": "b.B", "init_args": {"y": 2}}})["model"] == {
-        "class_path": "b.B", "init_args": {"y": 2}}
+def test_config_stacking_semantics(tmp_path):
+    # The CLI's parser stacks the files (tests/trainer/test_plan_recipe.py: the same config as `tuneloop fit`).
+    base = resolve_config([KOMT_LORA])["model"]
+    assert base["init_args"]["lora"]["r"] == 32 and base["init_args"]["lora"]["alpha"] == 64
+
+    # A null replaces; a nested mapping merges key by key.
+    no_lora = _overlay(tmp_path, "no-lora.yaml", "model:\n  init_args:\n    lora: null\n")
+    stacked = resolve_config([KOMT_LORA, no_lora])["model"]["init_args"]
+    assert stacked["lora"] is None and stacked["backbone"] == base["init_args"]["backbone"]
+    alpha = _overlay(tmp_path, "alpha.yaml", "model:\n  init_args:\n    lora: {alpha: 4}\n")
+    assert resolve_config([KOMT_LORA, alpha])["model"]["init_args"]["lora"] == {**base["init_args"]["lora"],
+                                                                                "alpha": 4}
+    assert read_recipe([KOMT_LORA, no_lora]).lora is None and read_recipe([KOMT_LORA, alpha]).lora.alpha == 4
+
+    # A changed class_path keeps the init_args the new class accepts (backbone, optimizer) and drops the others,
+    # as `tuneloop fit` does.
+    to_causal = _overlay(tmp_path, "causal.yaml", "model:\n  class_path: modules.causal_lm.CausalLMModule\n"
+                                                  "  init_args:\n    max_new_tokens: 7\n")
+    bert = resolve_config([BERT])["model"]["init_args"]
+    switched = resolve_config([BERT, to_causal])["model"]
+    assert switched["class_path"] == "modules.causal_lm.CausalLMModule"
+    assert switched["init_args"]["max_new_tokens"] == 7
+    assert switched["init_args"]["backbone"] == bert["backbone"]
+    assert switched["init_args"]["optimizer"] == bert["optimizer"]
+    assert "threshold" in bert and "threshold" not in switched["init_args"]  # EncoderModule's own argument
 
 
 class RenamedVisionModule(VisionLanguageModule):
@@ -350,5 +374,7 @@ def test_planner_asks_the_module_how_it_builds_its_model_not_its_class_name(tmp_
         (134_217_728, reference.base_total)
     assert built.quantized and not any(".visual." in name for name in built.quantized)
     bad = _overlay(tmp_path, "bad.yaml", text.replace("VisionLanguageModule", "NoSuchModule"))
-    with pytest.raises(PlanError, match="NoSuchModule.*cannot be imported"):
+    # The CLI parser's own message: the class path and why it does not import.
+    with pytest.raises(PlanError, match=r"(?s)'modules\.vision_language\.NoSuchModule'.*"
+                                        r"has no attribute 'NoSuchModule'"):
         read_recipe([bad])

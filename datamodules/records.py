@@ -1,4 +1,5 @@
-"""Loading record files through ``datasets`` and pointing at the exact record when one is wrong.
+"""Loading record files through ``datasets`` and pointing at the exact record when one is wrong; writing JSONL
+(:func:`write_jsonl`).
 
 Every error a user's data can cause is a :class:`RecordError` naming file, line (or row) and field, raised
 before any training work starts.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +151,26 @@ def check_number(rf: RecordFile, field: str) -> list[float]:
             raise rf.error(i, field, f"expected a finite number, got {value!r}")
         values.append(float(value))
     return values
+
+
+def write_jsonl(path: str | Path, rows: list[dict], append: bool = False) -> None:
+    """Write ``rows`` as JSON lines (UTF-8, ``ensure_ascii=False``, one object per line); the folder is made if
+    missing.
+
+    ``append=False`` replaces the file atomically: the lines go to ``<name>.tmp`` first, then over ``path``, so
+    a reader (or a crash) never sees half a file. ``append=True`` adds the lines in one write, flushed and
+    fsynced before returning, for outputs that grow record by record and must survive an interruption; with
+    no rows it writes nothing (not even an empty file).
+    """
+    path = Path(path)
+    if append and not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    target = path if append else path.with_name(path.name + ".tmp")
+    with target.open("a" if append else "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if not append:
+        os.replace(target, path)

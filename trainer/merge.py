@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
+from trainer.local_generation import copy_tokenizer, tokenizer_dir
+
 _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
            "fp32": "float32", "float32": "float32"}
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                    "vocab.txt", "merges.txt", "vocab.json", "chat_template.jinja", "added_tokens.json")
 
 
 class MergeError(ValueError):
@@ -68,10 +67,13 @@ def merge(base: str, adapter: str, out: str, dtype: str = "bf16", trust_remote_c
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir, safe_serialization=True)
-    source = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else Path(base)
-    for name in _TOKENIZER_FILES:
-        if (source / name).exists():
-            shutil.copy2(source / name, out_dir / name)
+    # The adapter's own tokenizer when it carries one (trained with added tokens), else the base's.
+    source = tokenizer_dir(base, str(adapter_dir))
+    try:
+        copy_tokenizer(source, out_dir, trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise MergeError(f"merged weights saved to {out_dir}, but the tokenizer of {source} could not be "
+                         f"loaded: {e}") from None
     return out_dir
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from datamodules.records import RecordError, check_text, load_record_file, require_fields
 from tests.conftest import load_script as _load_script
+from trainer.chat_client import ChatClient
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "data" / "samples" / "instructions"
@@ -205,7 +206,7 @@ def test_http_teacher_accepts_valid_and_fenced_rejects_invalid(bi, server, tmp_p
 def test_several_workers_give_the_same_records(bi, server, tmp_path):
     srv = server()
     raw = _write_jsonl(tmp_path / "raw.jsonl", _records(8))
-    teacher = bi.HttpTeacher(srv.url, "m", backoff=0.0)
+    teacher = bi.HttpTeacher(ChatClient(srv.url, "m", backoff=0.0))
     summary = bi.build(raw, tmp_path / "pairs.jsonl", teacher, workers=4)
     assert (summary.accepted, summary.pairs_written) == (8, 8)
     rows = _assert_valid_alpaca(tmp_path / "pairs.jsonl")
@@ -227,14 +228,14 @@ def test_resumes_after_the_server_dies(bi, server, tmp_path):
                 first.stop()
             return reply
 
-    summary = bi.build(raw, out, DiesAfterThree(first.url, "m", connect_retries=1, backoff=0.0))
+    summary = bi.build(raw, out, DiesAfterThree(ChatClient(first.url, "m", retries=1, backoff=0.0)))
     assert summary.stopped and "teacher unavailable" in summary.stopped
     assert (summary.accepted, summary.remaining) == (3, 3)
     assert "STOPPED with 3 records left" in summary.format()
     assert [r["source_id"] for r in _read_jsonl(out)] == ["rd-0001", "rd-0002", "rd-0003"]
 
     second = server()  # the server is back (a new one: its request count starts at 0)
-    summary = bi.build(raw, out, bi.HttpTeacher(second.url, "m", backoff=0.0))
+    summary = bi.build(raw, out, bi.HttpTeacher(ChatClient(second.url, "m", backoff=0.0)))
     assert (summary.skipped_done, summary.accepted, summary.rejected, summary.stopped) == (3, 3, 0, None)
     assert second.titles() == ["Project 4", "Project 5", "Project 6"]
     rows = _assert_valid_alpaca(out)
@@ -293,7 +294,7 @@ def test_http_errors_reject_the_record_or_stop_the_run(bi, server, tmp_path):
 
     srv = server(reply)
     raw = _write_jsonl(tmp_path / "raw.jsonl", _records(4))
-    summary = bi.build(raw, tmp_path / "pairs.jsonl", bi.HttpTeacher(srv.url, "m", connect_retries=1, backoff=0.0))
+    summary = bi.build(raw, tmp_path / "pairs.jsonl", bi.HttpTeacher(ChatClient(srv.url, "m", retries=1, backoff=0.0)))
     # 400: this record's request is refused, no retry; 503 twice: the server is unwell, the run stops.
     assert srv.titles() == ["Project 1", "Project 2", "Project 3", "Project 3"]
     assert (summary.accepted, summary.rejected, summary.remaining) == (1, 1, 2)
@@ -309,7 +310,8 @@ def test_nothing_listening_stops_the_run_without_output(bi, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     raw = _write_jsonl(tmp_path / "raw.jsonl", _records(2))
-    summary = bi.build(raw, tmp_path / "pairs.jsonl", bi.HttpTeacher(f"http://127.0.0.1:{port}/v1", "m", backoff=0.0))
+    teacher = bi.HttpTeacher(ChatClient(f"http://127.0.0.1:{port}/v1", "m", backoff=0.0))
+    summary = bi.build(raw, tmp_path / "pairs.jsonl", teacher)
     assert summary.stopped and "after 4 attempts" in summary.stopped
     assert (summary.processed, summary.remaining) == (0, 2)
     assert not (tmp_path / "pairs.jsonl").exists()

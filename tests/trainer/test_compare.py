@@ -115,6 +115,8 @@ def test_model_spec_parsing(tmp_path):
     spec = ModelSpec.parse(f"t={tmp_path}/base+{tmp_path}/ad")
     assert spec.adapter == f"{tmp_path}/ad" and spec.tokenizer_dir == f"{tmp_path}/base"
     (tmp_path / "ad" / "tokenizer.json").write_text("{}")
+    assert spec.tokenizer_dir == f"{tmp_path}/base"  # a stray file is not a tokenizer: save_pretrained's config is
+    (tmp_path / "ad" / "tokenizer_config.json").write_text("{}")
     assert spec.tokenizer_dir == f"{tmp_path}/ad"  # an adapter that ships a tokenizer uses it
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.conftest import write_jsonl
+from tests.trainer.fake_chat import chat  # noqa: F401 (the fixture)
+from trainer.chat_client import chat_completions_url
 from trainer.compare import main
 from trainer.judges import (
     HttpJudge,
@@ -19,7 +19,6 @@ from trainer.judges import (
     JudgeError,
     Judgment,
     RougeJudge,
-    chat_completions_url,
     closer_by_similarity,
     parse_judgment,
     rouge_l_f1,
@@ -50,6 +49,55 @@ def test_rouge_l_exact_values():
     assert rouge_l_f1("Same text.", "same text") == 1.0
     assert rouge_l_f1("completely different", "nothing shared") == 0.0
     assert rouge_l_f1("", "reference") == 0.0 and rouge_l_f1("answer", "") == 0.0
+
+
+def _reference_lcs_length(x: list[str], y: list[str]) -> int:
+    """The hand-written LCS judges.py had before torchmetrics (dynamic programming, one row at a time)."""
+    if len(x) < len(y):
+        x, y = y, x
+    prev = [0] * (len(y) + 1)
+    for xi in x:
+        cur = [0]
+        for j, yj in enumerate(y, start=1):
+            cur.append(prev[j - 1] + 1 if xi == yj else max(prev[j], cur[j - 1]))
+        prev = cur
+    return prev[-1]
+
+
+def _reference_rouge_l_f1(candidate: str, reference: str) -> float:
+    """The former rouge_l_f1: F1 of LCS precision and recall on rouge_tokens; 0 when either side is empty."""
+    cand, ref = rouge_tokens(candidate), rouge_tokens(reference)
+    if not cand or not ref:
+        return 0.0
+    lcs = _reference_lcs_length(cand, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(cand), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+ROUGE_PAIRS = [
+    ("the cat sat on the mat", "the cat is on the mat"),
+    ("A feasibility study reviews a project before funding.", "The feasibility study is an ex-ante review."),
+    ("TRL runs from 1 to 9.", "TRL (technology readiness level) is a 1-9 scale."),
+    ("Police killed the gunman", "the gunman was shot down by police"),
+    ("a b c d e", "e d c b a"),
+    ("nothing in common", "entirely different words"),
+    ("내일 날씨 알려줘", "내일 날씨"),
+    ("기술성숙도는 1단계부터 9단계까지의 척도입니다.", "기술성숙도(TRL)는 1-9 단계 척도입니다."),
+    ("예비타당성조사는 500억 원 이상 사업이 대상입니다.", "총사업비 500억 원 이상인 사업은 예비타당성조사 대상입니다."),
+    ("R&D 기획은 수요조사에서 시작합니다.", "수요조사 R&D planning starts here"),
+    ("고양이", "강아지"),
+    ("", "reference"),
+    ("answer", ""),
+    ("...", "!!!"),
+]
+
+
+@pytest.mark.parametrize("candidate,reference", ROUGE_PAIRS)
+def test_rouge_l_equals_the_former_lcs_implementation(candidate, reference):
+    # torchmetrics returns float32: equal to the float64 reference up to float32 rounding.
+    assert rouge_l_f1(candidate, reference) == pytest.approx(_reference_rouge_l_f1(candidate, reference), abs=1e-6)
 
 
 @pytest.mark.parametrize("similarity,score", [(-0.1, 1), (0.0, 1), (0.1999, 1), (0.2, 2), (0.39, 2), (0.4, 3),
@@ -119,54 +167,6 @@ def test_chat_completions_url():
 
 
 # ------------------------------------------------------------------------------------ HTTP judge, local server
-
-
-class FakeChat:
-    """An OpenAI-compatible /chat/completions server on 127.0.0.1: replies follow a script of (status, text)
-    (text = the assistant content for 200, the response body otherwise; the last entry repeats) and every
-    request is recorded (path, headers, JSON body)."""
-
-    def __init__(self, script: list[tuple[int, str]]):
-        self.script, self.requests = list(script), []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                status, text = fake.script.pop(0) if len(fake.script) > 1 else fake.script[0]
-                if status == 200:
-                    text = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})
-                data = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def chat():
-    servers = []
-
-    def start(script):
-        servers.append(FakeChat(script))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
 
 
 def http_judge(url, **kw):

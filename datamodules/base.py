@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.batch import BatchSpec
+
+log = logging.getLogger(__name__)
 
 
 class TuneloopDataModule(pl.LightningDataModule):
@@ -23,27 +27,29 @@ class TuneloopDataModule(pl.LightningDataModule):
         self.collate_fn = None
         self._tokenizer = None
 
+    def use_preprocessing(self, tokenizer, processor=None) -> None:
+        """Take the model's tokenizer (and, for image + text models, its processor). The tuneloop CLI calls this
+        with the module's ``tokenizer`` and ``processor``; with a plain ``Trainer``, call it yourself."""
+        self.tokenizer = tokenizer
+
     @property
     def tokenizer(self):
-        """The tokenizer of the model being trained (set explicitly, or taken from the attached module)."""
+        """The tokenizer of the model being trained (see ``use_preprocessing``)."""
         if self._tokenizer is None:
-            trainer = self.trainer
-            module = trainer.lightning_module if trainer is not None else None
-            if module is None or getattr(module, "tokenizer", None) is None:
-                raise RuntimeError("no tokenizer: attach the DataModule to a Trainer with a tuneloop module, "
-                                   "or set `datamodule.tokenizer = ...`")
-            self._tokenizer = module.tokenizer
+            raise RuntimeError(f"{type(self).__name__} has no tokenizer: call "
+                               "datamodule.use_preprocessing(module.tokenizer, module.processor) before fitting "
+                               "(the tuneloop CLI does this)")
         return self._tokenizer
 
     @tokenizer.setter
     def tokenizer(self, value) -> None:
         self._tokenizer = value
 
-    def print_once(self, message: str) -> None:
-        """Print a data report (truncated or skipped samples) once: on global rank zero, not on every process."""
+    def log_report(self, message: str) -> None:
+        """Log a data report (truncated or skipped samples): once, on global rank zero, not on every process."""
         trainer = self.trainer
         if trainer is None or trainer.is_global_zero:
-            print(message)
+            log.info(message)
 
     def prompt_spec(self) -> dict | None:
         """How a record becomes the model's prompt, written as ``prompt.json`` beside an exported adapter so the

@@ -31,15 +31,14 @@ from datamodules.templates import (
     adds_bos,
     alpaca_prompt,
     chat_segments,
+    check_messages,
     intent_prompt,
     loss_token_count,
     tokenize_segments,
     truncate,
 )
 from datamodules.batch import BatchSpec
-
-_ROLES = ("system", "user", "assistant")
-
+from datamodules.collate import pad_causal
 
 class InstructionDataModule(TuneloopDataModule):
     """Instruction-tuning and generative-classification data for causal LMs.
@@ -115,14 +114,13 @@ class InstructionDataModule(TuneloopDataModule):
         """Intent labels (generative classification), or ``None`` for free-form instruction data."""
         return self.labels
 
-    def sample_prompts(self) -> list[dict]:
-        """The first validation records' ids and prompts (for generations logged during training)."""
+    def sample_batch(self) -> dict | None:
+        """The first ``num_sample_prompts`` validation records, collated (for generations logged during training);
+        ``None`` when there are none."""
         ds = self.splits.get("val")
-        if ds is None:
-            return []
-        n = min(self.num_sample_prompts, len(ds))
-        return [{"id": ds[i]["id"], "prompt_ids": ds[i]["prompt_ids"], "reference": ds[i]["reference"]}
-                for i in range(n)]
+        if ds is None or not self.num_sample_prompts or len(ds) == 0:
+            return None
+        return self.collate_fn([ds[i] for i in range(min(self.num_sample_prompts, len(ds)))])
 
     def loss_token_counts(self, split: str) -> list[int]:
         """Loss tokens of every sample of ``split`` (dataset order), for step-wide loss normalization."""
@@ -169,15 +167,7 @@ class InstructionDataModule(TuneloopDataModule):
         else:
             require_fields(rf, ["messages"])
             for i, messages in enumerate(rf.dataset["messages"]):
-                if not isinstance(messages, list) or not messages:
-                    raise rf.error(i, "messages", "expected a non-empty list of {role, content} messages")
-                for j, m in enumerate(messages):
-                    if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
-                        raise rf.error(i, f"messages[{j}]", f"expected {{'role': one of {_ROLES}, 'content': text}}, got {m!r}")
-                    if m["role"] == "assistant" and not m["content"].strip():
-                        raise rf.error(i, f"messages[{j}].content", "empty assistant answer")
-                if need_targets and not any(m["role"] == "assistant" for m in messages):
-                    raise rf.error(i, "messages", "no assistant turn to learn from")
+                check_messages(rf, i, messages, need_answer=need_targets)
 
     def _prepare(self, split: str, need_targets: bool):
         rf = load_record_file(self.files[split], self.cache_dir)
@@ -224,7 +214,7 @@ class InstructionDataModule(TuneloopDataModule):
             ds = ds.select(keep)
         self.truncation_report[split] = report
         if any(report[k] for k in ("prompt_truncated", "response_truncated", "dropped")):
-            self.print_once(f"{self.files[split]}: {report['prompt_truncated']} prompts truncated, "
+            self.log_report(f"{self.files[split]}: {report['prompt_truncated']} prompts truncated, "
                   f"{report['response_truncated']} responses truncated, {report['dropped']} samples dropped "
                   f"(cutoff_len={cutoff}, overlong={overlong})")
         return ds
@@ -284,25 +274,7 @@ class CausalCollator:
         self.pad = pad_token_id
 
     def __call__(self, features: list[dict]) -> dict:
-        n = len(features)
-        width = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.full((n, width), self.pad, dtype=torch.long)
-        labels = torch.full((n, width), -100, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        pwidth = max(len(f["prompt_ids"]) for f in features)
-        prompt_ids = torch.full((n, pwidth), self.pad, dtype=torch.long)
-        prompt_mask = torch.zeros((n, pwidth), dtype=torch.long)
-        for i, f in enumerate(features):
-            k = len(f["input_ids"])
-            input_ids[i, :k] = torch.tensor(f["input_ids"])
-            labels[i, :k] = torch.tensor(f["labels"])
-            mask[i, :k] = 1
-            p = len(f["prompt_ids"])
-            prompt_ids[i, pwidth - p:] = torch.tensor(f["prompt_ids"])
-            prompt_mask[i, pwidth - p:] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "prompt_ids": prompt_ids,
-                "prompt_mask": prompt_mask, "loss_tokens": sum(f["loss_tokens"] for f in features),
-                "id": [f["id"] for f in features],
+        return {**pad_causal(features, self.pad), "id": [f["id"] for f in features],
                 "reference": [f["reference"] for f in features]}
 
 

@@ -43,6 +43,27 @@ def intent_prompt(text: str, labels: list[str], instruction: str = INTENT_INSTRU
     return INTENT_TEMPLATE.format(instruction=instruction.format(labels=", ".join(labels)), text=text)
 
 
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def check_messages(rf, i: int, messages, need_answer: bool = False, need_user: str | None = None) -> None:
+    """Validate a record's chat ``messages`` (a non-empty list of ``{role, content}`` with text content, no empty
+    assistant answer); ``need_answer``: an assistant turn must be there to learn from; ``need_user``: a user
+    turn must be there (the text says what for). Errors name the file, line and message index (``rf`` is a
+    ``datamodules.records.RecordFile``)."""
+    if not isinstance(messages, list) or not messages:
+        raise rf.error(i, "messages", "expected a non-empty list of {role, content} messages")
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
+            raise rf.error(i, f"messages[{j}]", f"expected {{'role': one of {CHAT_ROLES}, 'content': text}}, got {m!r}")
+        if m["role"] == "assistant" and not m["content"].strip():
+            raise rf.error(i, f"messages[{j}].content", "empty assistant answer")
+    if need_answer and not any(m["role"] == "assistant" for m in messages):
+        raise rf.error(i, "messages", "no assistant turn to learn from")
+    if need_user and not any(m["role"] == "user" for m in messages):
+        raise rf.error(i, "messages", f"no user turn {need_user}")
+
+
 def chat_segments(messages: list[dict], tokenizer) -> list[Segment]:
     """Segments of a chat: assistant turns are trained, everything else (system, user, markup) is not.
 

@@ -23,20 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import TuneloopDataModule
 from datamodules.records import RecordError, RecordFile, load_record_file
-from datamodules.templates import Segment, chat_segments, loss_token_count
+from datamodules.templates import Segment, chat_segments, check_messages, loss_token_count, tokenize_segments
 from datamodules.batch import BatchSpec
+from datamodules.collate import pad_causal
 
 QA_TYPES = ("A", "B", "C", "D")
 REVIEW_VALUES = ("pending", "accepted", "edited", "rejected")
 TRAINABLE_REVIEW = (None, "accepted", "edited")  # records without a review column count as accepted
 # PIL modes that convert to RGB without losing meaning; 16-bit/float/1-bit images need an explicit export.
 SUPPORTED_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "RGBX")
-_ROLES = ("system", "user", "assistant")
 
 
 def open_image(path: str | Path):
@@ -149,15 +148,20 @@ class VisionInstructionDataModule(TuneloopDataModule):
         self._processor = None
 
     # ----- the model's processor ------------------------------------------------------------------------
+    def use_preprocessing(self, tokenizer, processor=None) -> None:
+        """Take the model's processor (tokenizer + image processor); the CLI passes the module's."""
+        if processor is None:
+            raise TypeError("VisionInstructionDataModule needs the model's processor (tokenizer + image processor): "
+                            "use it with an image-text module such as modules.vision_language.VisionLanguageModule")
+        self.processor = processor
+
     @property
     def processor(self):
-        """The model's :class:`~modules.processor.VisionProcessor` (set, or taken from the attached module)."""
+        """The model's :class:`~modules.processor.VisionProcessor` (see ``use_preprocessing``)."""
         if self._processor is None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            if module is None or getattr(module, "processor", None) is None:
-                raise RuntimeError("no processor: attach the DataModule to a Trainer with a VisionLanguageModule, "
-                                   "or set `datamodule.processor = ...`")
-            self._processor = module.processor
+            raise RuntimeError("VisionInstructionDataModule has no processor: call "
+                               "datamodule.use_preprocessing(module.tokenizer, module.processor) before fitting "
+                               "(the tuneloop CLI does this)")
         return self._processor
 
     @processor.setter
@@ -186,7 +190,9 @@ class VisionInstructionDataModule(TuneloopDataModule):
             except ValueError as e:
                 raise rf.error(i, "image", str(e)) from None
             if record.get("messages"):
-                self._check_messages(rf, i, record["messages"], need_answers)
+                check_messages(rf, i, record["messages"], need_user="to attach the image to")
+                if need_answers and record["messages"][-1]["role"] != "assistant":
+                    raise rf.error(i, "messages", "the last turn must be the assistant's answer")
             else:
                 question = record.get("question")
                 if not isinstance(question, str) or not question.strip():
@@ -204,20 +210,6 @@ class VisionInstructionDataModule(TuneloopDataModule):
             if review is not None and review not in REVIEW_VALUES:
                 raise rf.error(i, "review", f"unknown review state {review!r}; expected one of {', '.join(REVIEW_VALUES)}")
         return sizes
-
-    @staticmethod
-    def _check_messages(rf: RecordFile, i: int, messages, need_answers: bool) -> None:
-        if not isinstance(messages, list):
-            raise rf.error(i, "messages", "expected a list of {role, content} messages")
-        for j, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
-                raise rf.error(i, f"messages[{j}]", f"expected {{'role': one of {_ROLES}, 'content': text}}, got {m!r}")
-            if m["role"] == "assistant" and not m["content"].strip():
-                raise rf.error(i, f"messages[{j}].content", "empty answer")
-        if not any(m["role"] == "user" for m in messages):
-            raise rf.error(i, "messages", "no user turn to attach the image to")
-        if need_answers and messages[-1]["role"] != "assistant":
-            raise rf.error(i, "messages", "the last turn must be the assistant's answer")
 
     # ----- tokenization -----------------------------------------------------------------------------------
     def _prepare(self, split: str, need_answers: bool) -> "VisionDataset":
@@ -251,7 +243,7 @@ class VisionInstructionDataModule(TuneloopDataModule):
         report = {"records": len(ds), "overlong_skipped": len(over), "unreviewed_skipped": len(set(unreviewed) - set(over))}
         if drop:
             ds = ds.select([i for i in range(len(ds)) if i not in drop])
-            self.print_once(f"{rf.path}: {report['overlong_skipped']} samples longer than cutoff_len={cutoff} skipped, "
+            self.log_report(f"{rf.path}: {report['overlong_skipped']} samples longer than cutoff_len={cutoff} skipped, "
                   f"{report['unreviewed_skipped']} unreviewed (pending/rejected) records left out")
         if len(ds) == 0:
             raise RecordError(str(rf.path), None, "no usable records left (all over-long or unreviewed)")
@@ -307,20 +299,12 @@ def encode_sample(record: dict, proc, num_image_tokens: int, system_prompt: str 
     else:
         segments = [Segment(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False)]
         reference = ""
-    ids: list[int] = []
-    labels: list[int] = []
-    prompt_len = 0
-    for seg in segments:
-        text = seg.text
-        if not seg.train:
-            text = text.replace(proc.image_token, proc.image_token * num_image_tokens)
-        piece = tok(text, add_special_tokens=False)["input_ids"]
-        if seg.train:
-            prompt_len = len(ids)
-        ids += piece
-        labels += piece if seg.train else [-100] * len(piece)
-    if not any(s.train for s in segments):
-        prompt_len = len(ids)
+    # The image placeholder (in a prompt segment) stands for the image's patch tokens.
+    segments = [seg if seg.train else Segment(seg.text.replace(proc.image_token, proc.image_token * num_image_tokens),
+                                              False) for seg in segments]
+    sample = tokenize_segments(segments, tok, add_eos=False, add_bos=False)
+    ids, labels = sample.input_ids, sample.labels
+    prompt_len = sample.response_start if any(s.train for s in segments) else len(ids)
     return {"input_ids": ids, "labels": labels, "loss_tokens": loss_token_count(labels), "prompt_ids": ids[:prompt_len],
             "reference": reference}
 
@@ -367,24 +351,10 @@ class VisionCollator:
                 raise RecordError(f["where"], "image", f"the image now gives {expected} image tokens but the sample "
                                   f"was tokenized with {found}; the image file changed after tokenization (clear "
                                   "the datasets cache)")
-        n = len(features)
-        width = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.full((n, width), pad, dtype=torch.long)
-        labels = torch.full((n, width), -100, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        pwidth = max(len(f["prompt_ids"]) for f in features)
-        prompt_ids = torch.full((n, pwidth), pad, dtype=torch.long)
-        prompt_mask = torch.zeros((n, pwidth), dtype=torch.long)
-        for i, f in enumerate(features):
-            k, p = len(f["input_ids"]), len(f["prompt_ids"])
-            input_ids[i, :k] = torch.tensor(f["input_ids"])
-            labels[i, :k] = torch.tensor(f["labels"])
-            mask[i, :k] = 1
-            prompt_ids[i, pwidth - p:] = torch.tensor(f["prompt_ids"])
-            prompt_mask[i, pwidth - p:] = 1
+        causal = pad_causal(features, pad)
+        input_ids, prompt_ids = causal["input_ids"], causal["prompt_ids"]
         # Modality of each token (0 text, 1 image): multimodal RoPE gives image tokens 3D positions.
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "prompt_ids": prompt_ids,
-                "prompt_mask": prompt_mask, "loss_tokens": sum(f["loss_tokens"] for f in features), **vision,
+        return {**causal, **vision,
                 "mm_token_type_ids": (input_ids == proc.image_token_id).int(),
                 "prompt_mm_token_type_ids": (prompt_ids == proc.image_token_id).int(), "id": [f["id"] for f in features],
                 "reference": [f["reference"] for f in features], "alert": [f["alert"] for f in features],

@@ -1,17 +1,29 @@
-"""The one thin base every task module shares: optimizer wiring and the LR schedule."""
+"""The one thin base every task module shares: optimizer wiring, the LR schedule, FSDP2 sharding, and the
+seams the trainer's callbacks and the CLI use (declared here, so nothing probes a module with ``hasattr``)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
 
 from modules.optim import SchedulerSpec, param_groups
 
+if TYPE_CHECKING:
+    from modules.adapter import AdapterBackbone
+
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+
+
+@runtime_checkable
+class PromptLayout(Protocol):
+    """A DataModule whose records become text prompts: it describes the layout for ``prompt.json``."""
+
+    def prompt_spec(self) -> dict | None: ...
 
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
@@ -24,7 +36,22 @@ class TuneloopModule(pl.LightningModule):
 
     Subclasses set ``self.model`` (an ``nn.Module``) and implement the steps. The schedule's length is
     ``trainer.estimated_stepping_batches``: dataset size / global batch x epochs (or ``max_steps``).
+
+    What the trainer floor relies on, with defaults here: ``tokenizer``/``processor`` (handed to the
+    DataModule by the CLI), ``has_adapter``/``export_adapter`` (adapter export), ``pop_eval_outputs``,
+    ``prediction_records`` and ``save_figures`` (predictions.jsonl and plots), ``sample_generations``
+    (generations.jsonl) and ``restored_from`` (which training state the loaded weights are).
     """
+
+    #: What turns raw text into model inputs; the CLI hands it to the DataModule.
+    tokenizer: Any = None
+    #: Image + text models: the processor (tokenizer and image processor), else ``None``.
+    processor: Any = None
+    #: ``global_step`` and ``epoch`` of the last checkpoint loaded into the module.
+    restored_from: dict | None = None
+    #: Modules built on a pretrained backbone that may train through a PEFT adapter hold one: adapter-only
+    #: checkpoints and the adapter export go through it.
+    adapter: AdapterBackbone | None = None
 
     def __init__(self, optimizer: OptimizerCallable = default_optimizer, scheduler: SchedulerSpec | None = None):
         super().__init__()
@@ -50,6 +77,61 @@ class TuneloopModule(pl.LightningModule):
     def planned_lora(cls, model: torch.nn.Module, lora, init_args: dict):
         """The LoRA settings this module applies to ``model`` for the recipe's ``lora`` and ``init_args``."""
         return lora
+
+    # ----- seams used by the trainer's callbacks and CLI ------------------------------------------------------
+    @property
+    def has_adapter(self) -> bool:
+        """Whether the module trains a PEFT adapter that ``export_adapter`` writes."""
+        return self.adapter is not None and self.adapter.lora is not None
+
+    def export_adapter(self, path: Path) -> Path | None:
+        """Write the trained adapter, its preprocessing and the data's prompt layout (``prompt.json``, with
+        ``generation_settings``) to ``path``: every rank calls it, rank 0 writes; ``None`` when nothing is
+        exported."""
+        if self.adapter is None:
+            return None
+        dm = self.trainer.datamodule
+        prompt = dm.prompt_spec() if isinstance(dm, PromptLayout) else None
+        if prompt is not None:
+            prompt["generation"] = self.generation_settings()
+        return self.adapter.export(self, path, prompt)
+
+    def generation_settings(self) -> dict:
+        """The ``generate`` arguments this module predicts with, written into ``prompt.json``."""
+        return {"do_sample": False}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.adapter is not None:
+            self.adapter.on_save_checkpoint(self.model, checkpoint)
+
+    def prediction_records(self, outputs: list) -> list[dict]:
+        """JSON rows (one per record, with an ``id``) from test outputs (rows) or predict outputs (lists of rows
+        per batch)."""
+        return [row for item in outputs for row in (item if isinstance(item, list) else [item])]
+
+    def save_figures(self, stage: str, outputs: list, out_dir: Path) -> list[Path]:
+        """Plots of the evaluation ``outputs`` written under ``out_dir``; their paths."""
+        return []
+
+    def sample_generations(self):
+        """Answers to fixed validation prompts after a validation epoch (a ``modules.generation.SampleGenerations``)
+        or ``None``. Called on every rank; a sharded model generates on every rank, rows come from rank 0."""
+        return None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.restored_from = {"global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch")}
+        if self.adapter is not None:
+            self.adapter.on_load_checkpoint(self.model, checkpoint)
+
+    def require_data(self, protocol: type, class_path: str):
+        """The attached DataModule, checked once against the ``protocol`` this module reads it through."""
+        dm = self.trainer.datamodule
+        if not isinstance(dm, protocol):
+            missing = [n for n in protocol.__annotations__ if not hasattr(dm, n)] + [
+                n for n in vars(protocol) if callable(vars(protocol)[n]) and not n.startswith("_") and not hasattr(dm, n)]
+            raise TypeError(f"{type(self).__name__} needs a DataModule such as {class_path} (data.class_path); got "
+                            f"{type(dm).__name__ if dm is not None else 'none'}, which lacks {', '.join(missing)}")
+        return dm
 
     def on_test_epoch_start(self) -> None:
         self._eval_outputs = []
@@ -107,135 +189,3 @@ class TuneloopModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.log("train/lr", optimizer.param_groups[0]["lr"])
-
-
-class AdapterModule(TuneloopModule):
-    """Base of the modules whose backbone can be trained through a PEFT adapter (causal LM, vision-language).
-
-    Subclasses set ``self.lora`` (a ``LoraSpec`` or ``None``) and ``self.tokenizer``. With an adapter:
-    checkpoints keep the trainable tensors only, and ``export_adapter`` writes one consolidated PEFT adapter
-    (gathered first when FSDP2 or ZeRO-3 shards it).
-    """
-
-    lora = None
-    restored_from: dict | None = None  # global_step and epoch of the last checkpoint loaded into the module
-
-    def _trainable_keys(self) -> set[str]:
-        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # A LoRA run changes only the adapter: its checkpoint keeps the trainable tensors, and the frozen
-        # base (4-bit under QLoRA, up to 32B) is rebuilt from model.backbone on load. Small and resumable.
-        if self.lora is not None:
-            keep = self._trainable_keys()
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                        if k in keep or not k.startswith("model.")}
-            checkpoint["tuneloop"] = {"adapter_only": True}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Which training state these weights are (the adapter export records it).
-        self.restored_from = {"global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch")}
-        # Sharded strategies load the weights themselves and hand over the checkpoint without them.
-        if checkpoint.get("tuneloop", {}).get("adapter_only") and "state_dict" in checkpoint:
-            missing = self._trainable_keys() - set(checkpoint["state_dict"])
-            if missing:
-                raise ValueError(f"checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
-                                 f"{sorted(missing)[0]}); was it trained with a different model.lora?")
-
-    def tiny_base_dir(self):
-        """Where a tiny model's random base lives: ``<run dir>/base_model`` of the run whose checkpoint is being
-        restored (``checkpoint_run_dir``), else of this run; ``None`` without a Trainer or for a real backbone."""
-        from pathlib import Path
-
-        if not self.backbone.tiny or self._trainer is None:
-            return None
-        if self.checkpoint_run_dir is not None:
-            saved = Path(self.checkpoint_run_dir) / "base_model"
-            if (saved / "config.json").exists():
-                return saved
-        return Path(self.trainer.default_root_dir) / "base_model"
-
-    def build_backbone(self, auto_class, quant=None, **config_overrides) -> torch.nn.Module:
-        """``self.backbone``'s model (``modules.backbone.build_model``). A tiny model's random base is written
-        once, by rank 0, to ``<run dir>/base_model`` with its preprocessing (adapters name it as their base);
-        the other ranks wait for it and load it from there, and a restored checkpoint loads the base of its
-        own run, so a changed seed cannot change the model."""
-        from modules.backbone import build_model
-
-        tiny_dir = self.tiny_base_dir()
-        fresh = tiny_dir is not None and not (tiny_dir / "config.json").exists()
-        if tiny_dir is not None and not self.trainer.is_global_zero:
-            self.trainer.strategy.barrier("tiny-base")  # rank 0 writes the random base first
-        device = self.trainer.strategy.root_device if (self._trainer is not None and quant is not None) else None
-        model = build_model(auto_class, self.backbone, self.tokenizer, quant=quant, device=device,
-                            tiny_dir=tiny_dir, **config_overrides)
-        if tiny_dir is not None and self.trainer.is_global_zero:
-            if fresh:
-                self.save_preprocessing(tiny_dir)
-            self.trainer.strategy.barrier("tiny-base")
-        return model
-
-    def save_preprocessing(self, path) -> None:
-        """Write what turns inputs into model inputs next to the adapter (the tokenizer; processors too)."""
-        self.tokenizer.save_pretrained(path)
-
-    def export_adapter(self, path):
-        """Save the PEFT adapter (adapter_config.json, adapter_model.safetensors), the tokenizer and the data's
-        prompt layout (``prompt.json``), once, on rank 0. Called on every rank: a sharded (FSDP2) adapter is
-        gathered into one first."""
-        if self.lora is None:
-            return None
-        state = self.full_state_dict()
-        strategy = self.trainer.strategy
-        if getattr(strategy, "zero_stage_3", False):
-            # ZeRO-3 partitions every parameter: gather the trainable (adapter) ones for the save.
-            # Not yet run on a GPU; see the scale-out notes.
-            import deepspeed
-
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
-            with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
-                if self.trainer.is_global_zero:
-                    state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-        if not self.trainer.is_global_zero:
-            return None
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, state_dict=state)
-        self.save_preprocessing(path)
-        datamodule = self.trainer.datamodule
-        spec = datamodule.prompt_spec() if datamodule is not None else None
-        if spec is not None:
-            spec["generation"] = self.generation_settings()
-            import json
-
-            (path / "prompt.json").write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
-
-    def generation_settings(self) -> dict:
-        """The ``generate`` arguments this module predicts with (greedy), written into ``prompt.json``."""
-        return {"do_sample": False}
-
-    def write_generations(self, rows: list[dict], columns: list[str], images: list | None = None) -> None:
-        """Append sample generations to ``generations.jsonl`` in the run directory and log them as the W&B
-        table ``val/generations`` (with an image column when ``images`` are given). Rank 0 only."""
-        import json
-        from pathlib import Path
-
-        if not self.trainer.is_global_zero or not rows:
-            return
-        path = Path(self.trainer.default_root_dir) / "generations.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                data = [[r[c] for c in columns] for r in rows]
-                cols = list(columns)
-                if images is not None:
-                    import wandb
-
-                    cols.append("image")
-                    data = [row + [wandb.Image(img)] for row, img in zip(data, images)]
-                logger.log_table(key="val/generations", columns=cols, data=data)

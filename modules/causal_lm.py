@@ -13,24 +13,35 @@ Backbone: bf16/fp32, gradient checkpointing, LoRA/DoRA (PEFT), QLoRA (bitsandbyt
 from __future__ import annotations
 
 import json
-import math
 import re
 import unicodedata
-from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
-from torchmetrics import MeanMetric, SumMetric
+from torchmetrics import MeanMetric
 
+from modules.adapter import AdapterBackbone
 from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora, load_tokenizer
-from modules.base import AdapterModule, OptimizerCallable, default_optimizer
+from modules.base import OptimizerCallable, TuneloopModule, default_optimizer
+from modules.generation import SampleGenerations, eval_mode, greedy_generate
 from modules.metrics import LabelPredictionStats
-from modules.token_loss import StepTokenLoss
 from modules.optim import SchedulerSpec
+from modules.token_loss import StepTokenLoss, TokenMeanNLL, token_nll
 
 
-class CausalLMModule(AdapterModule):
+@runtime_checkable
+class InstructionData(Protocol):
+    """What the causal-LM module reads from its DataModule (``datamodules.instruction.InstructionDataModule``)."""
+
+    label_names: list[str] | None  # classification data: the labels, in order; SFT: None
+
+    def sample_batch(self) -> dict | None: ...
+
+    def loss_token_counts(self, split: str) -> list[int]: ...
+
+
+class CausalLMModule(TuneloopModule):
     """Fine-tune a decoder LM on instructions or on text labels (full, LoRA or QLoRA).
 
     Args:
@@ -67,9 +78,6 @@ class CausalLMModule(AdapterModule):
         scheduler: SchedulerSpec | None = None,
     ):
         super().__init__(optimizer=optimizer, scheduler=scheduler)
-        if quant is not None and lora is None:
-            raise ValueError("model.quant (4-bit base) needs model.lora: a quantized base is trained through "
-                             "adapters (QLoRA)")
         self.save_hyperparameters(ignore=["optimizer"])
         self.plain_hyperparameters()
         self.backbone, self.lora, self.quant = backbone, lora, quant
@@ -78,30 +86,23 @@ class CausalLMModule(AdapterModule):
         self.max_new_tokens = max_new_tokens
         self.classify_on_validation = classify_on_validation
         self.bertscore_model = bertscore_model
-        self.tokenizer = self.load_preprocessing(backbone)
+        self.tokenizer = load_tokenizer(backbone)
+        self.adapter = AdapterBackbone(backbone, lora, quant, self.tokenizer)
         self.labels: list[str] | None = None
         self.step_loss = StepTokenLoss()
+        self.val_nll, self.test_nll = TokenMeanNLL(), TokenMeanNLL()
+        self._bertscorer = None
         self._wired = False
         # LoRA checkpoints hold the adapter only (see on_save_checkpoint); on_load_checkpoint checks that
         # every trainable tensor is there. Sharded strategies load before that hook, so say it up front.
         self.strict_loading = lora is None
 
-    def load_preprocessing(self, backbone: BackboneSpec):
-        """The tokenizer of ``backbone`` (subclasses with processors load those here too)."""
-        return load_tokenizer(backbone)
-
     # ----- wiring -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if self._wired:
             return
-        dm = self.trainer.datamodule
-        if dm is None or not hasattr(dm, "label_names") or not hasattr(dm, "sample_prompts"):
-            raise TypeError("CausalLMModule needs an InstructionDataModule (data.class_path: "
-                            "datamodules.instruction.InstructionDataModule)")
+        dm = self.require_data(InstructionData, "datamodules.instruction.InstructionDataModule")
         self.labels = dm.label_names
-        for split in ("val", "test"):
-            setattr(self, f"{split}_nll", SumMetric())
-            setattr(self, f"{split}_tokens", SumMetric())
         if self.labels:
             self.val_cls = LabelPredictionStats(len(self.labels))
             self.test_cls = LabelPredictionStats(len(self.labels))
@@ -118,7 +119,7 @@ class CausalLMModule(AdapterModule):
             return
         from transformers import AutoModelForCausalLM
 
-        model = self.build_backbone(AutoModelForCausalLM, quant=self.quant)
+        model = self.adapter.build(self, AutoModelForCausalLM, self.tokenizer, quant=self.quant)
         model = apply_lora(model, self.lora, task_type=self.peft_task_type, quantized=self.quant is not None,
                            gradient_checkpointing=self.backbone.gradient_checkpointing)
         self.model = self.shard(model)
@@ -128,53 +129,26 @@ class CausalLMModule(AdapterModule):
         """Logits (batch, seq, vocab)."""
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
-    def token_nll(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed next-token NLL over response tokens and their count."""
-        logits = self(batch)[:, :-1].float()  # (batch, seq-1, vocab): position t predicts token t+1
-        targets = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                                ignore_index=-100, reduction="sum")
-        return nll, (targets != -100).sum()
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # A mean over the loss tokens of the whole optimizer step (all micro batches, all processes), so the
         # same global batch trains the same on any number of processes and any micro batch size.
-        nll, _ = self.token_nll(batch)
-        counts = partial(self.trainer.datamodule.loss_token_counts, "train")  # read once per epoch, not per batch
-        loss = self.step_loss.training_loss(self, counts, batch_idx, batch["loss_tokens"], nll)
-        mask = batch["attention_mask"]
-        # Weighted by tokens: the epoch value is pad tokens / all tokens.
-        self.log("train/padding_fraction", 1.0 - mask.float().mean(), on_step=False, on_epoch=True,
-                 batch_size=mask.numel())
-        return loss
+        return self.step_loss.training_step(self, batch, batch_idx, self(batch))
 
-    def _eval_step(self, batch: dict, split: str) -> None:
-        nll, count = self.token_nll(batch)
-        getattr(self, f"{split}_nll").update(nll.detach())
-        getattr(self, f"{split}_tokens").update(count)
-
-    def _log_eval(self, split: str) -> None:
-        nll, tokens = getattr(self, f"{split}_nll"), getattr(self, f"{split}_tokens")
-        loss = (nll.compute() / tokens.compute().clamp(min=1)).item()
-        nll.reset(), tokens.reset()
-        self.log_dict({f"{split}/loss": loss, f"{split}/perplexity": math.exp(min(loss, 50.0))}, sync_dist=True)
-
+    # ----- evaluation ---------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self.val_nll.update(*token_nll(self(batch), batch["labels"]))
         if self.labels and self.classify_on_validation:
             preds, _ = self.classify(batch)
             self.val_cls.update(preds, self.label_index(batch["reference"]))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
+        self.val_nll.log_to(self, "val")
         if self.labels and self.classify_on_validation:
             self.log_dict({f"val/{k}": v for k, v in self.val_cls.compute().items()}, sync_dist=True)
             self.val_cls.reset()
-        if not self.trainer.sanity_checking:
-            self.log_sample_generations()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self.test_nll.update(*token_nll(self(batch), batch["labels"]))
         rows = self.prediction_rows(batch, with_reference=True)
         self._eval_outputs += rows
         if self.labels:
@@ -184,7 +158,7 @@ class CausalLMModule(AdapterModule):
                 self.test_bertscore.update(torch.tensor(self.bertscore(rows), device=self.device))
 
     def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
+        self.test_nll.log_to(self, "test")
         if self.labels:
             self.log_dict({f"test/{k}": v for k, v in self.test_cls.compute().items()}, sync_dist=True)
             self.test_cls.reset()
@@ -197,7 +171,7 @@ class CausalLMModule(AdapterModule):
 
     def bertscore(self, rows: list[dict]) -> list[float]:
         """BERTScore F1 of each row's generation (or predicted label) against its gold label."""
-        if getattr(self, "_bertscorer", None) is None:
+        if self._bertscorer is None:
             from modules.backbone import resolve_path
             from modules.bertscore import BertScorer
 
@@ -217,14 +191,10 @@ class CausalLMModule(AdapterModule):
         longest = max(len(c) for c in self.label_token_ids) if self.labels else None
         return {"do_sample": False, "max_new_tokens": longest + 2 if longest else self.max_new_tokens}
 
-    @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int) -> list[str]:
         """Greedy continuations of left-padded prompts (batch, prompt_seq), decoded without special tokens."""
-        # Sharded (FSDP2) forwards are collectives: every rank keeps stepping until all ranks are done.
-        out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
-                                  do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                                  eos_token_id=self.tokenizer.eos_token_id, synced_gpus=self.device_mesh is not None)
-        return self.tokenizer.batch_decode(out[:, prompt_ids.size(1):], skip_special_tokens=True)
+        return greedy_generate(self.model, self.tokenizer, prompt_ids, prompt_mask, max_new_tokens,
+                               synced_gpus=self.device_mesh is not None)
 
     @torch.no_grad()
     def rank_labels(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
@@ -274,10 +244,6 @@ class CausalLMModule(AdapterModule):
                 row["reference" if not self.labels else "target"] = ref
         return rows
 
-    def prediction_records(self, outputs: list) -> list[dict]:
-        """Rows from test outputs (already rows) or predict outputs (lists of rows per batch)."""
-        return [row for item in outputs for row in (item if isinstance(item, list) else [item])]
-
     def save_figures(self, stage: str, outputs: list, out_dir: Path) -> list[Path]:
         """Classification data: confusion matrix (with an ``unknown`` column) and per_label.json."""
         rows = self.prediction_records(outputs)
@@ -299,30 +265,23 @@ class CausalLMModule(AdapterModule):
                                             title=f"{stage} confusion matrix ({self.prediction_mode})")]
 
     # ----- generations during training ---------------------------------------------------------------------
-    def log_sample_generations(self) -> None:
-        """Answers to a few fixed validation prompts: appended to generations.jsonl, and a W&B table.
-
-        Generated on rank 0, or on every rank when the model is sharded (its forward is a collective)."""
+    def sample_generations(self) -> SampleGenerations | None:
+        """Answers to a few fixed validation prompts (generations.jsonl, a W&B table). Generated on rank 0, or
+        on every rank when the model is sharded (its forward is a collective)."""
         if not self.trainer.is_global_zero and self.device_mesh is None:
-            return
-        samples = self.trainer.datamodule.sample_prompts()
-        if not samples:
-            return
-        pad = self.tokenizer.pad_token_id
-        width = max(len(s["prompt_ids"]) for s in samples)
-        ids = torch.full((len(samples), width), pad, dtype=torch.long, device=self.device)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(samples):
-            ids[i, width - len(s["prompt_ids"]):] = torch.tensor(s["prompt_ids"], device=self.device)
-            mask[i, width - len(s["prompt_ids"]):] = 1
-        was_training = self.model.training
-        self.model.eval()
-        texts = self.generate(ids, mask, self.max_new_tokens)
-        self.model.train(was_training)
-        rows = [{"epoch": self.current_epoch, "step": self.global_step, "id": s["id"],
-                 "prompt": self.tokenizer.decode(s["prompt_ids"], skip_special_tokens=True),
-                 "generation": t, "reference": s["reference"]} for s, t in zip(samples, texts)]
-        self.write_generations(rows, ["epoch", "step", "id", "prompt", "generation", "reference"])
+            return None
+        batch = self.trainer.datamodule.sample_batch()
+        if batch is None:
+            return None
+        ids, mask = batch["prompt_ids"].to(self.device), batch["prompt_mask"].to(self.device)
+        with eval_mode(self.model):
+            texts = self.generate(ids, mask, self.max_new_tokens)
+        prompts = self.tokenizer.batch_decode(ids.masked_fill(mask == 0, self.tokenizer.pad_token_id),
+                                              skip_special_tokens=True)
+        rows = [{"epoch": self.current_epoch, "step": self.global_step, "id": rid, "prompt": prompt,
+                 "generation": text, "reference": ref}
+                for rid, prompt, text, ref in zip(batch["id"], prompts, texts, batch["reference"])]
+        return SampleGenerations(rows, ["epoch", "step", "id", "prompt", "generation", "reference"])
 
 
 _PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)

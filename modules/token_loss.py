@@ -20,9 +20,12 @@ FSDP2, DeepSpeed) averages gradients over ``world`` processes, so returning
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 import torch
+from torchmetrics import Metric
 
 
 def micro_batch_counts(batch_sampler: Iterable[list[int]], counts: Sequence[int], num_batches: int | float) -> list[int]:
@@ -101,3 +104,50 @@ class StepTokenLoss:
             module.log("train/loss", step_nll / max(tokens, 1), prog_bar=True, batch_size=1)
         # (sum over the step / step tokens) after Lightning's 1/accumulate and the 1/world of gradient averaging.
         return nll_sum * (accumulate * world / max(tokens, 1))
+
+    def training_step(self, module, batch: dict, batch_idx: int, logits: torch.Tensor) -> torch.Tensor:
+        """The causal-LM ``training_step`` of ``module`` for a micro batch whose logits are ``logits``: the
+        step-normalized loss, plus ``train/padding_fraction`` (pad tokens / all tokens over the epoch). The
+        data's per-sample loss-token counts are read through ``datamodule.loss_token_counts("train")``."""
+        nll, _ = token_nll(logits, batch["labels"])
+        counts = partial(module.trainer.datamodule.loss_token_counts, "train")  # read once per epoch
+        loss = self.training_loss(module, counts, batch_idx, batch["loss_tokens"], nll)
+        mask = batch["attention_mask"]
+        module.log("train/padding_fraction", 1.0 - mask.float().mean(), on_step=False, on_epoch=True,
+                   batch_size=mask.numel())
+        return loss
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL of ``logits`` (batch, seq, vocab) over the response tokens of ``labels``
+    (-100 elsewhere), and the number of those tokens. Position t predicts token t+1."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                            ignore_index=-100, reduction="sum")
+    return nll, (targets != -100).sum()
+
+
+class TokenMeanNLL(Metric):
+    """Evaluation loss as one token mean over the whole split (all batches, all processes): summed NLL and
+    token counts are accumulated and divided once, so batch size and world size do not weight tokens."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nll", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("tokens", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, nll: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.nll += nll.detach().to(self.nll.dtype)
+        self.tokens += tokens.detach().to(self.tokens.dtype)
+
+    def compute(self) -> torch.Tensor:
+        return self.nll / self.tokens.clamp(min=1)
+
+    def log_to(self, module, split: str) -> None:
+        """Log ``<split>/loss`` and ``<split>/perplexity`` from the accumulated tokens, then reset."""
+        loss = self.compute().item()
+        self.reset()
+        module.log_dict({f"{split}/loss": loss, f"{split}/perplexity": math.exp(min(loss, 50.0))}, sync_dist=True)

@@ -15,17 +15,21 @@ validation images are answered every validation epoch (``generations.jsonl``, W&
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from modules.adapter import AdapterBackbone
+from modules.alerts import AlertStats, parse_alert
 from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora
-from modules.base import OptimizerCallable, default_optimizer
-from modules.causal_lm import CausalLMModule
+from modules.base import OptimizerCallable, TuneloopModule, default_optimizer
+from modules.generation import SampleGenerations, eval_mode, greedy_generate
 from modules.optim import SchedulerSpec
+from modules.token_loss import StepTokenLoss, TokenMeanNLL, token_nll
 
 # Child modules that hold the vision half of common image-text models (tower and projector).
 VISION_MODULE_NAMES = ("visual", "vision_tower", "vision_model", "multi_modal_projector")
@@ -71,7 +75,17 @@ def lora_target_regex(model: nn.Module, include_vision: bool) -> str:
     return "(?:" + "|".join(sorted(patterns)) + ")"
 
 
-class VisionLanguageModule(CausalLMModule):
+@runtime_checkable
+class VisionInstructionData(Protocol):
+    """What the vision-language module reads from its DataModule
+    (``datamodules.vision_instruction.VisionInstructionDataModule``)."""
+
+    def sample_batch(self) -> dict | None: ...
+
+    def loss_token_counts(self, split: str) -> list[int]: ...
+
+
+class VisionLanguageModule(TuneloopModule):
     """Fine-tune an image-text-to-text model on image + instruction records (LoRA, QLoRA or full).
 
     Args:
@@ -99,9 +113,24 @@ class VisionLanguageModule(CausalLMModule):
     ):
         if vision == "lora" and lora is None:
             raise ValueError("model.vision=lora needs model.lora (the adapter settings)")
-        super().__init__(backbone=backbone, lora=lora, quant=quant, max_new_tokens=max_new_tokens,
-                         classify_on_validation=False, optimizer=optimizer, scheduler=scheduler)
-        self.vision = vision
+        super().__init__(optimizer=optimizer, scheduler=scheduler)
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.plain_hyperparameters()
+        self.backbone, self.lora, self.quant, self.vision = backbone, lora, quant, vision
+        self.max_new_tokens = max_new_tokens
+        from modules.processor import load_vision_processor
+
+        # The processor (tokenizer + image processor); for a tiny model also the config token ids pointing at
+        # the local tokenizer's copies of the family's special tokens.
+        self.processor, self._config_token_ids = load_vision_processor(backbone)
+        self.tokenizer = self.processor.tokenizer
+        self.adapter = AdapterBackbone(backbone, lora, quant, self.processor)
+        self.step_loss = StepTokenLoss()
+        self.val_nll, self.test_nll = TokenMeanNLL(), TokenMeanNLL()
+        self.test_alerts = AlertStats()
+        self._mm_types = False  # whether the model takes mm_token_type_ids (set in configure_model)
+        self._vision_dtype: torch.dtype | None = None
+        self.strict_loading = lora is None  # LoRA checkpoints hold the adapter only
 
     @classmethod
     def planned_quant(cls, quant: QuantSpec | None) -> QuantSpec | None:
@@ -116,32 +145,9 @@ class VisionLanguageModule(CausalLMModule):
         include_vision = (init_args.get("vision") or "frozen") == "lora"
         return LoraSpec(**{**lora.__dict__, "target_modules": lora_target_regex(model, include_vision)})
 
-    def load_preprocessing(self, backbone: BackboneSpec):
-        """The model's processor (tokenizer + image processor); returns its tokenizer. For a tiny model, also the
-        config token ids pointing at the local tokenizer's copies of the family's special tokens."""
-        from modules.processor import load_vision_processor
-
-        self.processor, self._config_token_ids = load_vision_processor(backbone)
-        return self.processor.tokenizer
-
     # ----- wiring -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if self._wired:
-            return
-        from torchmetrics import SumMetric
-
-        from modules.alerts import AlertStats
-
-        dm = self.trainer.datamodule
-        if dm is None or not hasattr(dm, "sample_batch"):
-            raise TypeError("VisionLanguageModule needs a VisionInstructionDataModule (data.class_path: "
-                            "datamodules.vision_instruction.VisionInstructionDataModule)")
-        self.labels = None
-        for split in ("val", "test"):
-            setattr(self, f"{split}_nll", SumMetric())
-            setattr(self, f"{split}_tokens", SumMetric())
-        self.test_alerts = AlertStats()
-        self._wired = True
+        self.require_data(VisionInstructionData, "datamodules.vision_instruction.VisionInstructionDataModule")
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -149,7 +155,8 @@ class VisionLanguageModule(CausalLMModule):
         from transformers import AutoModelForImageTextToText
 
         quant = self.planned_quant(self.quant)
-        model = self.build_backbone(AutoModelForImageTextToText, quant=quant, **self._config_token_ids)
+        model = self.adapter.build(self, AutoModelForImageTextToText, self.tokenizer, quant=quant,
+                                   **self._config_token_ids)
         lora = self.planned_lora(model, self.lora, {"vision": self.vision})
         if lora is None:
             for prefix in vision_prefixes(model):  # full fine-tuning trains the language model only
@@ -159,9 +166,7 @@ class VisionLanguageModule(CausalLMModule):
         self.model = self.shard(model)
         # Qwen2-VL-family models place image tokens in 3D (multimodal RoPE) only when told which tokens are
         # image tokens; other families do not take the argument.
-        import inspect
-
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = model.get_base_model() if lora is not None else model
         self._mm_types = "mm_token_type_ids" in inspect.signature(type(base).forward).parameters
 
     def vision_inputs(self, batch: dict, prefix: str = "") -> dict:
@@ -169,12 +174,9 @@ class VisionLanguageModule(CausalLMModule):
         (``prefix="prompt_"``)."""
         inputs = {"pixel_values": batch["pixel_values"].to(self.dtype_of_vision()),
                   "image_grid_thw": batch["image_grid_thw"]}
-        if getattr(self, "_mm_types", False):
+        if self._mm_types:
             inputs["mm_token_type_ids"] = batch[f"{prefix}mm_token_type_ids"]
         return inputs
-
-    def save_preprocessing(self, path) -> None:
-        self.processor.save_pretrained(path)
 
     # ----- loss -------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:
@@ -184,23 +186,29 @@ class VisionLanguageModule(CausalLMModule):
 
     def dtype_of_vision(self) -> torch.dtype:
         """Dtype the vision tower computes in (pixel values are cast to it)."""
-        if getattr(self, "_vision_dtype", None) is None:
+        if self._vision_dtype is None:
             self._vision_dtype = next((p.dtype for n, p in self.model.named_parameters()
                                        if any(f".{v}." in n for v in VISION_MODULE_NAMES) and p.is_floating_point()),
                                       torch.float32)
         return self._vision_dtype
 
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # The causal-LM loss: a token mean over the whole optimizer step (see modules.token_loss).
+        return self.step_loss.training_step(self, batch, batch_idx, self(batch))
+
+    def generation_settings(self) -> dict:
+        """Greedy decoding of ``max_new_tokens`` (written into ``prompt.json``)."""
+        return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
+
     # ----- evaluation -------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self.val_nll.update(*token_nll(self(batch), batch["labels"]))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
-        if not self.trainer.sanity_checking:
-            self.log_sample_generations()
+        self.val_nll.log_to(self, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self.test_nll.update(*token_nll(self(batch), batch["labels"]))
         rows = self.prediction_rows(batch, with_reference=True)
         self._eval_outputs += rows
         gold = [r["target_alert"] for r in rows]
@@ -208,7 +216,7 @@ class VisionLanguageModule(CausalLMModule):
             self.test_alerts.update([r["pred_alert"] for r in rows], gold)
 
     def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
+        self.test_nll.log_to(self, "test")
         values = self.test_alerts.compute()
         if int(values["n"]) > 0:
             self.log_dict({f"test/{k}": v.float() for k, v in values.items() if k != "n"}, sync_dist=False)
@@ -218,21 +226,14 @@ class VisionLanguageModule(CausalLMModule):
         return self.prediction_rows(batch, with_reference=any(batch["reference"]) or
                                     any(a is not None for a in batch["alert"]))
 
-    @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int) -> list[str]:
         """Greedy answers to the batch's left-padded prompts with their images, decoded without special tokens."""
-        prompt = batch["prompt_ids"]
-        out = self.model.generate(input_ids=prompt, attention_mask=batch["prompt_mask"],
-                                  **self.vision_inputs(batch, "prompt_"), max_new_tokens=max_new_tokens,
-                                  do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                                  eos_token_id=self.tokenizer.eos_token_id, synced_gpus=self.device_mesh is not None)
-        return self.tokenizer.batch_decode(out[:, prompt.size(1):], skip_special_tokens=True)
+        return greedy_generate(self.model, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens,
+                               synced_gpus=self.device_mesh is not None, **self.vision_inputs(batch, "prompt_"))
 
     def prediction_rows(self, batch: dict, with_reference: bool) -> list[dict]:
         """One JSON-able row per record: the generated answer and its parsed alert decision (``null`` when the
         answer states none), with the reference answer and the gold decision when known."""
-        from modules.alerts import parse_alert
-
         texts = self.generate(batch, self.max_new_tokens)
         rows = [{"id": rid, "type": t, "generation": text, "pred_alert": parse_alert(text)}
                 for rid, t, text in zip(batch["id"], batch["type"], texts)]
@@ -262,24 +263,20 @@ class VisionLanguageModule(CausalLMModule):
                                             title=f"{stage}: alert decisions")]
 
     # ----- generations during training ---------------------------------------------------------------------
-    def log_sample_generations(self) -> None:
-        """Answers (and parsed alerts) for the first validation images: generations.jsonl and a W&B table
-        with the images. Generated on rank 0, or on every rank when the model is sharded."""
+    def sample_generations(self) -> SampleGenerations | None:
+        """Answers (and parsed alerts) for the first validation images, with the images (generations.jsonl, a
+        W&B table). Generated on rank 0, or on every rank when the model is sharded."""
         if not self.trainer.is_global_zero and self.device_mesh is None:
-            return
+            return None
         batch = self.trainer.datamodule.sample_batch()
         if batch is None:
-            return
-        from modules.alerts import parse_alert
-
+            return None
         images = batch.pop("images")
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        was_training = self.model.training
-        self.model.eval()
-        texts = self.generate(batch, self.max_new_tokens)
-        self.model.train(was_training)
+        with eval_mode(self.model):
+            texts = self.generate(batch, self.max_new_tokens)
         rows = [{"epoch": self.current_epoch, "step": self.global_step, "id": rid, "generation": text,
                  "pred_alert": parse_alert(text), "reference": ref, "target_alert": alert}
                 for rid, text, ref, alert in zip(batch["id"], texts, batch["reference"], batch["alert"])]
-        self.write_generations(rows, ["epoch", "step", "id", "generation", "pred_alert", "reference", "target_alert"],
-                               images=images)
+        return SampleGenerations(rows, ["epoch", "step", "id", "generation", "pred_alert", "reference", "target_alert"],
+                                 images=images)

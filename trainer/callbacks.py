@@ -6,6 +6,7 @@ All file writes happen on global rank zero; per-process outputs are gathered fir
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.trainer.states import TrainerFn
+
+from datamodules.records import write_jsonl
+from modules.base import TuneloopModule
+
+log = logging.getLogger(__name__)
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -57,11 +63,20 @@ def _dedupe(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+def log_table(trainer: pl.Trainer, key: str, columns: list[str], rows: list[dict], images: list | None = None) -> None:
+    """``rows`` as the W&B table ``key`` (with an image column when ``images`` are given)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            data = [[r[c] for c in columns] for r in rows]
+            cols = list(columns)
+            if images is not None:
+                import wandb
+
+                cols.append("image")
+                data = [row + [wandb.Image(img)] for row, img in zip(data, images)]
+            logger.log_table(key=key, columns=cols, data=data)
 
 
 def log_images(trainer: pl.Trainer, paths: list[Path]) -> None:
@@ -99,6 +114,15 @@ class RunArtifacts(Callback):
             self.train_loss.append(float(step_loss))
             self._pending = []
 
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        # Sample generations: every rank asks (a sharded model generates on all of them), rank 0 writes.
+        if trainer.sanity_checking or not isinstance(pl_module, TuneloopModule):
+            return
+        sample = pl_module.sample_generations()
+        if sample is not None and trainer.is_global_zero and sample.rows:
+            write_jsonl(run_dir(trainer) / "generations.jsonl", sample.rows, append=True)
+            log_table(trainer, "val/generations", sample.columns, sample.rows, sample.images)
+
     def on_validation_end(self, trainer, pl_module) -> None:
         # After the epoch-end metrics are aggregated (they are not yet in callback_metrics at epoch end).
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
@@ -117,7 +141,7 @@ class RunArtifacts(Callback):
         section = {"metrics": values, "global_step": trainer.global_step, "epochs": trainer.current_epoch,
                    "world_size": trainer.world_size, "accumulate_grad_batches": trainer.accumulate_grad_batches,
                    "train_loss": [[s, l] for s, l in zip(self.train_steps, self.train_loss)]}
-        if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+        if ckpt is not None and ckpt.best_model_path:
             section["best_checkpoint"] = ckpt.best_model_path
             section["monitor"] = ckpt.monitor
             if ckpt.best_model_score is not None:
@@ -131,10 +155,9 @@ class RunArtifacts(Callback):
         print_summary("fit", values, out)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        pop = getattr(pl_module, "pop_eval_outputs", None)
-        if pop is None:
+        if not isinstance(pl_module, TuneloopModule):
             return
-        gathered = gather_objects(trainer, pop())
+        gathered = gather_objects(trainer, pl_module.pop_eval_outputs())
         if not trainer.is_global_zero:
             return
         outputs = [o for rank_outputs in gathered for o in rank_outputs]
@@ -149,15 +172,15 @@ class RunArtifacts(Callback):
         ckpt = trainer.ckpt_path
         update_metrics_file(run_dir(trainer) / "metrics.json", "test",
                             {"metrics": values, "checkpoint": str(ckpt) if ckpt else None})
-        print(f"test metrics, predictions and plots written to {run_dir(trainer)}")
+        log.info(f"test metrics, predictions and plots written to {run_dir(trainer)}")
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
     """The best checkpoint by the recipe's monitor, or ``None`` when nothing is monitored (or saved yet)."""
     ckpt = trainer.checkpoint_callback
-    if ckpt is None or not getattr(ckpt, "monitor", None):
+    if ckpt is None or not ckpt.monitor:
         return None
-    return getattr(ckpt, "best_model_path", "") or None
+    return ckpt.best_model_path or None
 
 
 def record_export(trainer: pl.Trainer, name: str, info: dict) -> None:
@@ -190,9 +213,7 @@ class AdapterExport(Callback):
 
     @staticmethod
     def _export(trainer, pl_module, name: str, info: dict) -> None:
-        from modules.base import AdapterModule
-
-        if not isinstance(pl_module, AdapterModule) or pl_module.lora is None:
+        if not isinstance(pl_module, TuneloopModule) or not pl_module.has_adapter:
             return
         pl_module.export_adapter(run_dir(trainer) / name)
         if trainer.is_global_zero:
@@ -207,12 +228,13 @@ class AdapterExport(Callback):
         if not self._export_on_load:
             return
         self._export_on_load = False
-        restored = getattr(pl_module, "restored_from", None) or {}
+        restored = (pl_module.restored_from if isinstance(pl_module, TuneloopModule) else None) or {}
         ckpt = trainer.checkpoint_callback
+        score = ckpt.best_model_score if ckpt is not None else None
         info = {"weights": "best", "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
                 "global_step": restored.get("global_step"), "epoch": restored.get("epoch"),
-                "monitor": getattr(ckpt, "monitor", None),
-                "score": float(ckpt.best_model_score) if getattr(ckpt, "best_model_score", None) is not None else None}
+                "monitor": ckpt.monitor if ckpt is not None else None,
+                "score": float(score) if score is not None else None}
         self._export(trainer, pl_module, "adapter", info)
 
     def on_test_start(self, trainer, pl_module) -> None:
@@ -238,7 +260,7 @@ class PredictionWriter(BasePredictionWriter):
         path = run_dir(trainer) / "predictions.predict.jsonl"
         rows = _dedupe(pl_module.prediction_records(outputs))
         write_jsonl(path, rows)
-        print(f"wrote {len(rows)} predictions to {path}")
+        log.info(f"wrote {len(rows)} predictions to {path}")
 
 
 def print_summary(stage: str, values: dict[str, float | None], out: Path) -> None:

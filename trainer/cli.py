@@ -7,20 +7,26 @@ prints the resolved config. The model and data are chosen by ``class_path`` in t
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from datamodules.base import TuneloopDataModule
-from modules.base import AdapterModule, TuneloopModule
+from modules.base import TuneloopModule
 from trainer.callbacks import AdapterExport, PredictionWriter, RunArtifacts, best_checkpoint
+from trainer.progress import progress_bar
 from trainer.loggers import wandb_logger_config, wandb_offline
 from trainer.run import RunSpec, publish_version, resolve_version, run_dir_from_checkpoint
 from datamodules.batch import BatchSizeError
+from trainer.logs import ensure_logging
+
+log = logging.getLogger(__name__)
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -33,7 +39,7 @@ class RunConfigSaver(SaveConfigCallback):
         if trainer.is_global_zero:
             out = Path(trainer.default_root_dir)
             out.mkdir(parents=True, exist_ok=True)
-            stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
+            stage = stage.value if isinstance(stage, TrainerFn) else stage
             name = "config.yaml" if stage == "fit" else f"config.{stage}.yaml"
             self.parser.save(self.config, out / name, skip_none=False, overwrite=True, multifile=False)
             if trainer.logger is not None:
@@ -47,6 +53,9 @@ class TuneloopCLI(LightningCLI):
     """The Lightning CLI with tuneloop's conventions (see module docstring)."""
 
     def __init__(self, args=None, run: bool = True):
+        self._ckpt_run_dir: Path | None = None  # the run directory of --ckpt_path (before_instantiate_classes)
+        self._strategy: dict | str | None = None  # the strategy preset's Trainer value, if one is named
+        ensure_logging()
         super().__init__(
             model_class=TuneloopModule,
             datamodule_class=TuneloopDataModule,
@@ -97,15 +106,17 @@ class TuneloopCLI(LightningCLI):
         self._strategy = self._apply_strategy_preset(cfg)
         callbacks = [RunArtifacts(), PredictionWriter(), AdapterExport()]
         user_callbacks = cfg.trainer.callbacks or []
-        has_bar = any("ProgressBar" in str(getattr(c, "class_path", "")) for c in user_callbacks)
+        has_bar = any(issubclass(_callback_class(c), ProgressBar) for c in user_callbacks)
         if cfg.trainer.enable_progress_bar is not False and not has_bar:
-            callbacks.append(RichProgressBar())
+            callbacks.append(progress_bar())
         self.trainer_defaults["callbacks"] = callbacks
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         if isinstance(self.model, TuneloopModule):
-            self.model.checkpoint_run_dir = getattr(self, "_ckpt_run_dir", None)
+            self.model.checkpoint_run_dir = self._ckpt_run_dir
+            if isinstance(self.datamodule, TuneloopDataModule):
+                self.datamodule.use_preprocessing(self.model.tokenizer, self.model.processor)
 
     def _apply_strategy_preset(self, cfg: Namespace) -> dict | str | None:
         """Check a preset named in ``trainer.strategy`` before anything is built; returns its Trainer
@@ -132,11 +143,11 @@ class TuneloopCLI(LightningCLI):
                                     f"compute_dtype ({storage}), got {quant.quant_storage}")
             if quant.quant_storage is None:
                 quant.quant_storage = storage
-                print(f"tuneloop: {name} shards the 4-bit base: quant_storage set to {storage}")
+                log.info(f"{name} shards the 4-bit base: quant_storage set to {storage}")
         return value
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        strategy = getattr(self, "_strategy", None)
+        strategy = self._strategy
         if strategy is not None:
             from lightning.pytorch.cli import instantiate_class
 
@@ -160,8 +171,18 @@ class TuneloopCLI(LightningCLI):
                     cb.export_loaded_weights()
         if self._subconfig().run.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
-        elif best and isinstance(self.model, AdapterModule) and self.model.lora is not None:
+        elif best and isinstance(self.model, TuneloopModule) and self.model.has_adapter:
             self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)
+
+
+def _callback_class(callback) -> type:
+    """The class of a callback given in the config (an instance, or a ``class_path`` namespace)."""
+    if isinstance(callback, Namespace):
+        import importlib
+
+        module, _, name = callback.class_path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+    return type(callback)
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> TuneloopCLI:

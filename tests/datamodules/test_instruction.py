@@ -170,13 +170,15 @@ def test_length_grouped_steps_hold_the_same_samples_at_any_world_size_and_micro_
 
 
 @pytest.mark.parametrize("global_zero", [True, False])
-def test_truncation_report_is_printed_once_on_rank_zero_only(tmp_path, tokenizer, capsys, global_zero):
+def test_truncation_report_is_logged_once_on_rank_zero_only(tmp_path, tokenizer, caplog, global_zero):
+    import logging
     from types import SimpleNamespace
 
+    caplog.set_level(logging.INFO, logger="datamodules")
     rows = [{"id": "long", "instruction": "Summarize.", "input": "word " * 200, "output": "ok"}]
     dm = _dm(tmp_path, tokenizer, "alpaca", rows, cutoff_len=64)
     dm.trainer = SimpleNamespace(is_global_zero=global_zero)  # what a DDP rank's Trainer says of itself
     dm.setup("fit")
     assert dm.truncation_report["train"]["prompt_truncated"] == 1
-    out = capsys.readouterr().out
-    assert ("1 prompts truncated" in out) == global_zero
+    reports = [r.getMessage() for r in caplog.records if r.name.startswith("datamodules")]
+    assert any("1 prompts truncated" in m for m in reports) == global_zero, reports

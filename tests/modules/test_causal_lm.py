@@ -68,6 +68,7 @@ def fit_lm(tmp_path, fmt, rows, arch="komt-llama2-13b", lora=LoraSpec(r=8, alpha
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
                          default_root_dir=str(tmp_path / "run"), callbacks=[losses, RunArtifacts(), AdapterExport()])
+    dm.use_preprocessing(module.tokenizer, module.processor)
     trainer.fit(module, datamodule=dm)
     return trainer, module, dm, losses
 
@@ -241,6 +242,7 @@ def test_qlora_checkpoint_holds_the_adapter_only_and_reloads(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=str(tmp_path / "run"), callbacks=[ckpt], num_sanity_val_steps=0)
+    dm.use_preprocessing(module.tokenizer, module.processor)
     trainer.fit(module, datamodule=dm)
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
     assert state and all("lora_" in k for k in state if k.startswith("model."))

@@ -9,7 +9,7 @@ import torch
 from datamodules.instruction import InstructionDataModule
 from modules.backbone import BackboneSpec, LoraSpec, TinySpec
 from modules.causal_lm import CausalLMModule
-from modules.token_loss import micro_batch_counts, step_sums
+from modules.token_loss import micro_batch_counts, step_sums, token_nll
 from tests.conftest import TOKENIZER, write_jsonl
 from trainer.callbacks import RunArtifacts
 from datamodules.batch import BatchSpec
@@ -42,6 +42,7 @@ def test_step_loss_is_the_token_mean_over_the_step_not_a_mean_of_micro_batch_mea
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                          accumulate_grad_batches=4, default_root_dir=str(tmp_path / "run"), callbacks=[artifacts])
+    dm.use_preprocessing(module.tokenizer, module.processor)
     trainer.fit(module, datamodule=dm)
     assert artifacts.train_steps == [1, 2]
 
@@ -57,7 +58,7 @@ def test_step_loss_is_the_token_mean_over_the_step_not_a_mean_of_micro_batch_mea
             means = []
             for m in range(4):
                 batch = dm.collate_fn([ds[i] for i in order[step * 8 + 2 * m: step * 8 + 2 * m + 2]])
-                s, n = module.token_nll(batch)
+                s, n = token_nll(module(batch), batch["labels"])
                 nll, tokens = nll + float(s), tokens + float(n)
                 means.append(float(s) / float(n))
             expected.append(nll / tokens)

@@ -76,6 +76,7 @@ def qlora_fit(tmp_path_factory):
                          enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
                          check_val_every_n_epoch=15, default_root_dir=str(tmp_path / "run"),
                          callbacks=[losses, RunArtifacts(), AdapterExport()])
+    dm.use_preprocessing(module.tokenizer, module.processor)
     trainer.fit(module, datamodule=dm)
     trainer.test(module, datamodule=dm)
     return trainer, module, dm, losses, tmp_path

@@ -33,6 +33,7 @@ One scaling-aware fine-tuning loop on PyTorch Lightning.
 commands:
 {commands}
 
+options for every command: --quiet (warnings and errors only), -v/--verbose (debug messages).
 Run `tuneloop <command> --help` for the options of a command. Example:
   tuneloop fit -c configs/encoder/waam-multilabel.yaml -c configs/debug.yaml
 """
@@ -41,6 +42,10 @@ Run `tuneloop <command> --help` for the options of a command. Example:
 def main(argv: list[str] | None = None) -> None:
     from_sys_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    from trainer.logs import pop_verbosity, setup_logging
+
+    verbosity, argv = pop_verbosity(argv)
+    setup_logging(verbosity)
     # Settings read at the edge: quiet fork warnings from tokenizers, never reach for the hub in W&B.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in ("-h", "--help"):
@@ -60,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     from trainer.cli import run_cli
 
     # Lightning's CLI reads sys.argv itself; pass args only when called from Python.
-    run_cli(None if from_sys_argv else argv)
+    if from_sys_argv:
+        sys.argv = [sys.argv[0], *argv]
+    run_cli(argv if not from_sys_argv else None)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ before anything else and a bad one stops the run with ``file:line: field 'x': ..
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -19,6 +19,179 @@ from datamodules.records import RecordFile, check_number, check_text, load_recor
 from datamodules.batch import BatchSpec
 
 Task = Literal["binary", "multiclass", "multilabel", "regression"]
+
+
+class TargetEncoding:
+    """How one task kind reads its target field(s) from records and encodes them as an array.
+
+    Args:
+        label_fields: Target field(s) of the records.
+        labels: The label set of a classification task, in output order (``None`` for regression).
+
+    Raises:
+        ValueError: the fields or labels do not fit the task (checked at construction, before any file is read).
+    """
+
+    task: ClassVar[str]
+    label_dtype: ClassVar[torch.dtype] = torch.float32  # of the padded ``labels`` batch tensor
+
+    def __init__(self, label_fields: list[str], labels: list[str] | None) -> None:
+        self.label_fields = list(label_fields)
+        self.labels = list(labels) if labels else None
+
+    @property
+    def names(self) -> list[str]:
+        """Class/label names (classification) or target names (regression), in output order."""
+        return self.labels
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the model's output layer: C classes, L labels or T targets (binary: 1)."""
+        return len(self.names)
+
+    def encode(self, rf: RecordFile) -> np.ndarray:
+        """The records' targets: class ids (N,), 0/1 label rows (N, L) or values (N, T)."""
+        raise NotImplementedError
+
+    def strata(self, targets: np.ndarray) -> np.ndarray | None:
+        """What stratified splits and folds balance, one key per record; ``None``: plain splits."""
+        return None
+
+    def stats(self, train_targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) the model standardizes targets with; ``None`` for classification."""
+        return None
+
+
+class BinaryEncoding(TargetEncoding):
+    """One label field holding one of two labels ``[negative, positive]`` (a boolean value means
+    ``labels[int(value)]``): class ids (N,), stratified by class. The model has one output, the positive
+    class's logit, and the batch's labels are float (for BCEWithLogits)."""
+
+    task = "binary"
+
+    def __init__(self, label_fields: list[str], labels: list[str] | None) -> None:
+        super().__init__(label_fields, labels)
+        _check_classification(self.task, self.label_fields, self.labels)
+        if len(self.labels) != 2:
+            raise ValueError(f"binary task needs two labels [negative, positive], got {labels}")
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    def encode(self, rf: RecordFile) -> np.ndarray:
+        return _class_ids(rf, self.label_fields[0], self.labels, booleans=True)
+
+    def strata(self, targets: np.ndarray) -> np.ndarray:
+        return targets.astype(np.int64)
+
+
+class MultiClassEncoding(TargetEncoding):
+    """One label field holding one of ``labels``: class ids (N,), stratified by class."""
+
+    task = "multiclass"
+    label_dtype = torch.long  # cross-entropy takes class ids
+
+    def __init__(self, label_fields: list[str], labels: list[str] | None) -> None:
+        super().__init__(label_fields, labels)
+        _check_classification(self.task, self.label_fields, self.labels)
+
+    def encode(self, rf: RecordFile) -> np.ndarray:
+        return _class_ids(rf, self.label_fields[0], self.labels, booleans=False)
+
+    def strata(self, targets: np.ndarray) -> np.ndarray:
+        return targets.astype(np.int64)
+
+
+class MultiLabelEncoding(TargetEncoding):
+    """One field holding a list of labels: 0/1 rows (N, L), stratified by label set."""
+
+    task = "multilabel"
+
+    def __init__(self, label_fields: list[str], labels: list[str] | None) -> None:
+        super().__init__(label_fields, labels)
+        _check_classification(self.task, self.label_fields, self.labels)
+
+    def encode(self, rf: RecordFile) -> np.ndarray:
+        field = self.label_fields[0]
+        index = {name: i for i, name in enumerate(self.labels)}
+        values = rf.dataset[field]
+        out = np.zeros((len(values), len(self.labels)), dtype=np.float32)
+        for i, value in enumerate(values):
+            if not isinstance(value, list):
+                raise rf.error(i, field, f"expected a list of labels, got {type(value).__name__} {value!r}")
+            for name in value:
+                if name not in index:
+                    raise rf.error(i, field, f"label {name!r} is not in the declared labels {self.labels}")
+                out[i, index[name]] = 1.0
+        return out
+
+    def strata(self, targets: np.ndarray) -> np.ndarray:
+        return np.array(["".join("1" if v else "0" for v in row) for row in targets])
+
+
+class RegressionEncoding(TargetEncoding):
+    """One or more numeric fields, named after their fields: values (N, T), standardized by the model with
+    the training split's mean and standard deviation."""
+
+    task = "regression"
+
+    def __init__(self, label_fields: list[str], labels: list[str] | None) -> None:
+        super().__init__(label_fields, labels)
+        if not self.label_fields:
+            raise ValueError("regression needs at least one target in data.label_fields")
+
+    @property
+    def names(self) -> list[str]:
+        return self.label_fields
+
+    def encode(self, rf: RecordFile) -> np.ndarray:
+        return np.stack([np.asarray(check_number(rf, f), dtype=np.float32) for f in self.label_fields], axis=1)
+
+    def stats(self, train_targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = train_targets.mean(axis=0)
+        std = train_targets.std(axis=0)
+        std[std == 0] = 1.0  # a constant target: divide by 1, not 0
+        return torch.tensor(mean), torch.tensor(std)
+
+
+def _check_classification(task: str, label_fields: list[str], labels: list[str] | None) -> None:
+    if len(label_fields) != 1:
+        raise ValueError(f"task {task!r} takes exactly one label field, got {label_fields}")
+    if not labels:
+        raise ValueError(f"task {task!r} needs data.labels: the label set, in order")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"data.labels has duplicates: {labels}")
+
+
+def _class_ids(rf: RecordFile, field: str, labels: list[str], booleans: bool) -> np.ndarray:
+    """Index in ``labels`` of each record's ``field`` value, (N,); with ``booleans``, False/True mean
+    ``labels[0]``/``labels[1]``."""
+    index = {name: i for i, name in enumerate(labels)}
+    values = rf.dataset[field]
+    out = np.zeros(len(values), dtype=np.int64)
+    for i, value in enumerate(values):
+        if booleans and isinstance(value, bool):
+            value = labels[int(value)]
+        if not isinstance(value, str) or value not in index:
+            raise rf.error(i, field, f"label {value!r} is not in the declared labels {labels}")
+        out[i] = index[value]
+    return out
+
+
+TARGET_ENCODINGS: dict[str, type[TargetEncoding]] = {
+    "binary": BinaryEncoding,
+    "multiclass": MultiClassEncoding,
+    "multilabel": MultiLabelEncoding,
+    "regression": RegressionEncoding,
+}
+
+
+def target_encoding(task: str, label_fields: list[str], labels: list[str] | None) -> TargetEncoding:
+    """The target encoding of ``task``, checked against its fields and labels."""
+    if task not in TARGET_ENCODINGS:
+        raise ValueError(f"unknown encoder task {task!r}; valid tasks: {', '.join(TARGET_ENCODINGS)}")
+    return TARGET_ENCODINGS[task](label_fields, labels)
 
 
 class EncoderDataModule(TuneloopDataModule):
@@ -68,17 +241,7 @@ class EncoderDataModule(TuneloopDataModule):
         super().__init__(batch=batch, num_workers=num_workers, seed=seed)
         if not text_fields:
             raise ValueError("data.text_fields must name at least one field")
-        if task != "regression":
-            if len(label_fields) != 1:
-                raise ValueError(f"task {task!r} takes exactly one label field, got {label_fields}")
-            if not labels:
-                raise ValueError(f"task {task!r} needs data.labels: the label set, in order")
-            if len(set(labels)) != len(labels):
-                raise ValueError(f"data.labels has duplicates: {labels}")
-            if task == "binary" and len(labels) != 2:
-                raise ValueError(f"binary task needs two labels [negative, positive], got {labels}")
-        elif not label_fields:
-            raise ValueError("regression needs at least one target in data.label_fields")
+        self.encoding = target_encoding(task, label_fields, labels)
         if (num_folds is None) != (fold is None):
             raise ValueError("data.num_folds and data.fold are set together (tuneloop cv sets both)")
         if num_folds is not None and not (num_folds >= 2 and 0 <= fold < num_folds):
@@ -102,12 +265,12 @@ class EncoderDataModule(TuneloopDataModule):
     @property
     def label_names(self) -> list[str]:
         """Class/label names (classification) or target names (regression), in output order."""
-        return self.labels if self.task != "regression" else self.label_fields
+        return self.encoding.names
 
     @property
     def num_outputs(self) -> int:
         """Width of the model's output layer: 1 for binary, C classes, L labels or T targets."""
-        return 1 if self.task == "binary" else len(self.label_names)
+        return self.encoding.num_outputs
 
     @property
     def train_targets(self) -> np.ndarray:
@@ -124,33 +287,8 @@ class EncoderDataModule(TuneloopDataModule):
         require_fields(rf, self.text_fields + (self.label_fields if need_targets or has_targets else []))
         for field in self.text_fields:
             check_text(rf, field)
-        targets = self._encode_targets(rf) if (need_targets or has_targets) else None
+        targets = self.encoding.encode(rf) if (need_targets or has_targets) else None
         return rf, targets
-
-    def _encode_targets(self, rf: RecordFile) -> np.ndarray:
-        if self.task == "regression":
-            return np.stack([np.asarray(check_number(rf, f), dtype=np.float32) for f in self.label_fields], axis=1)
-        field = self.label_fields[0]
-        index = {name: i for i, name in enumerate(self.labels)}
-        values = rf.dataset[field]
-        if self.task == "multilabel":
-            out = np.zeros((len(values), len(self.labels)), dtype=np.float32)
-            for i, value in enumerate(values):
-                if not isinstance(value, list):
-                    raise rf.error(i, field, f"expected a list of labels, got {type(value).__name__} {value!r}")
-                for name in value:
-                    if name not in index:
-                        raise rf.error(i, field, f"label {name!r} is not in the declared labels {self.labels}")
-                    out[i, index[name]] = 1.0
-            return out
-        out = np.zeros(len(values), dtype=np.int64)
-        for i, value in enumerate(values):
-            if self.task == "binary" and isinstance(value, bool):
-                value = self.labels[int(value)]
-            if not isinstance(value, str) or value not in index:
-                raise rf.error(i, field, f"label {value!r} is not in the declared labels {self.labels}")
-            out[i] = index[value]
-        return out
 
     def _tokenize(self, rf: RecordFile, targets: np.ndarray | None, split: str):
         tokenizer = self.tokenizer
@@ -181,7 +319,7 @@ class EncoderDataModule(TuneloopDataModule):
         """Train/val indices of the pool: the K-fold split when ``fold`` is set, else a held-out fraction."""
         from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
-        strata = stratification_key(self.task, targets)
+        strata = self.encoding.strata(targets)
         if self.num_folds is not None:
             if strata is not None:
                 splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.seed)
@@ -195,8 +333,7 @@ class EncoderDataModule(TuneloopDataModule):
     def setup(self, stage: str) -> None:
         import datasets
 
-        pad_dtype = torch.long if self.task == "multiclass" else torch.float32
-        self.collate_fn = PadCollator(self.tokenizer, label_dtype=pad_dtype)
+        self.collate_fn = PadCollator(self.tokenizer, label_dtype=self.encoding.label_dtype)
         if stage in ("fit", "validate") and "train" not in self.splits:
             if not self.files["train"]:
                 raise ValueError("data.train_file is required to fit or validate")
@@ -215,11 +352,7 @@ class EncoderDataModule(TuneloopDataModule):
                 train_idx, val_idx = self._split_indices(pool_targets, len(pool))
                 self.splits["train"], self.splits["val"] = pool.select(train_idx), pool.select(val_idx)
                 self._train_targets = pool_targets[train_idx]
-            if self.task == "regression":
-                mean = self._train_targets.mean(axis=0)
-                std = self._train_targets.std(axis=0)
-                std[std == 0] = 1.0
-                self.target_stats = (torch.tensor(mean), torch.tensor(std))
+            self.target_stats = self.encoding.stats(self._train_targets)
         if stage == "test" and "test" not in self.splits:
             if not self.files["test"]:
                 raise ValueError("data.test_file is required to test")
@@ -230,15 +363,6 @@ class EncoderDataModule(TuneloopDataModule):
                 raise ValueError("data.predict_file (or data.test_file) is required to predict")
             rf, targets = self._load("predict", need_targets=False)
             self.splits["predict"] = self._tokenize(rf, targets, "predict")
-
-
-def stratification_key(task: str, targets: np.ndarray) -> np.ndarray | None:
-    """Class per record (single-label) or the label set as a string (multi-label); None for regression."""
-    if task in ("binary", "multiclass"):
-        return targets.astype(np.int64)
-    if task == "multilabel":
-        return np.array(["".join("1" if v else "0" for v in row) for row in targets])
-    return None
 
 
 def merge_rare(strata: np.ndarray, min_count: int) -> np.ndarray:

@@ -29,6 +29,7 @@ through a sigmoid first (per batch). Pass probabilities to avoid depending on th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,9 +52,6 @@ from torchmetrics.wrappers import ClasswiseWrapper
 from torchmetrics.wrappers.abstract import WrapperMetric
 
 __all__ = ["TASKS", "PartialScore", "RegressionMetricCollection", "build_metrics", "compute_and_reset"]
-
-TASKS = ("binary", "multiclass", "multilabel", "regression")
-
 
 class PartialScore(Metric):
     """Per-sample overlap of predicted and true label sets, averaged over samples.
@@ -212,6 +210,88 @@ def _check_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
+def _binary_metrics(num_labels: int, threshold: float, target_names: list[str] | None) -> MetricCollection:
+    if num_labels not in (1, 2):
+        raise ValueError(
+            f"binary task takes num_labels 1 or 2 (one positive-class probability per sample), got "
+            f"{num_labels}; use task='multiclass' or 'multilabel' for more classes"
+        )
+    return MetricCollection(
+        {
+            "accuracy": BinaryAccuracy(threshold=threshold),
+            "precision": BinaryPrecision(threshold=threshold),
+            "recall": BinaryRecall(threshold=threshold),
+            "f1": BinaryF1Score(threshold=threshold),
+        }
+    )
+
+
+def _multiclass_metrics(num_labels: int, threshold: float, target_names: list[str] | None) -> MetricCollection:
+    if num_labels < 2:
+        raise ValueError(f"multiclass task needs num_labels >= 2 classes, got {num_labels}; use task='binary'")
+    return MetricCollection(
+        {
+            "accuracy": MulticlassAccuracy(num_classes=num_labels, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes=num_labels, average="macro"),
+            "f1_micro": MulticlassF1Score(num_classes=num_labels, average="micro"),
+        }
+    )
+
+
+def _multilabel_metrics(num_labels: int, threshold: float, target_names: list[str] | None) -> MetricCollection:
+    if num_labels < 2:
+        raise ValueError(
+            f"multilabel task needs num_labels >= 2 labels, got {num_labels}; use task='binary' for one label"
+        )
+    return MetricCollection(
+        {
+            "f1_macro": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="macro"),
+            "f1_micro": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="micro"),
+            "partial_score": PartialScore(num_labels=num_labels, threshold=threshold),
+            "exact_match": MultilabelExactMatch(num_labels=num_labels, threshold=threshold),
+            "label_accuracy": MultilabelAccuracy(num_labels=num_labels, threshold=threshold, average="macro"),
+        }
+    )
+
+
+def _regression_metrics(num_labels: int, threshold: float, target_names: list[str] | None) -> MetricCollection:
+    t = num_labels
+    if t == 1:
+        metrics: dict[str, Metric] = {
+            "mse": MeanSquaredError(),
+            "rmse": MeanSquaredError(squared=False),
+            "mae": MeanAbsoluteError(),
+            "r2": R2Score(),
+        }
+        return RegressionMetricCollection(metrics, num_targets=1)
+    if target_names is None:
+        raise ValueError(f"regression with {t} targets needs target_names (one name per target)")
+    metrics = {
+        # With equal sample counts per target the mean over all values is the uniform average.
+        "mse": MeanSquaredError(),
+        "rmse": _OutputMean(MeanSquaredError(squared=False, num_outputs=t)),
+        "mae": MeanAbsoluteError(),
+        "r2": R2Score(multioutput="uniform_average"),
+        "mse_per_target": ClasswiseWrapper(MeanSquaredError(num_outputs=t), labels=target_names, prefix="mse_"),
+        "rmse_per_target": ClasswiseWrapper(
+            MeanSquaredError(squared=False, num_outputs=t), labels=target_names, prefix="rmse_"
+        ),
+        "mae_per_target": ClasswiseWrapper(MeanAbsoluteError(num_outputs=t), labels=target_names, prefix="mae_"),
+        "r2_per_target": ClasswiseWrapper(R2Score(multioutput="raw_values"), labels=target_names, prefix="r2_"),
+    }
+    return RegressionMetricCollection(metrics, num_targets=t)
+
+
+# The metrics of each task: builder(num_labels, threshold, target_names), arguments already checked.
+_BUILDERS: dict[str, Callable[[int, float, list[str] | None], MetricCollection]] = {
+    "binary": _binary_metrics,
+    "multiclass": _multiclass_metrics,
+    "multilabel": _multilabel_metrics,
+    "regression": _regression_metrics,
+}
+TASKS = tuple(_BUILDERS)
+
+
 def build_metrics(
     task: str,
     num_labels: int,
@@ -273,73 +353,7 @@ def build_metrics(
         if len(set(target_names)) != len(target_names):
             raise ValueError(f"target_names must be unique, got {target_names}")
 
-    if task == "binary":
-        if num_labels not in (1, 2):
-            raise ValueError(
-                f"binary task takes num_labels 1 or 2 (one positive-class probability per sample), got "
-                f"{num_labels}; use task='multiclass' or 'multilabel' for more classes"
-            )
-        return MetricCollection(
-            {
-                "accuracy": BinaryAccuracy(threshold=threshold),
-                "precision": BinaryPrecision(threshold=threshold),
-                "recall": BinaryRecall(threshold=threshold),
-                "f1": BinaryF1Score(threshold=threshold),
-            }
-        )
-
-    if task == "multiclass":
-        if num_labels < 2:
-            raise ValueError(f"multiclass task needs num_labels >= 2 classes, got {num_labels}; use task='binary'")
-        return MetricCollection(
-            {
-                "accuracy": MulticlassAccuracy(num_classes=num_labels, average="micro"),
-                "f1_macro": MulticlassF1Score(num_classes=num_labels, average="macro"),
-                "f1_micro": MulticlassF1Score(num_classes=num_labels, average="micro"),
-            }
-        )
-
-    if task == "multilabel":
-        if num_labels < 2:
-            raise ValueError(
-                f"multilabel task needs num_labels >= 2 labels, got {num_labels}; use task='binary' for one label"
-            )
-        return MetricCollection(
-            {
-                "f1_macro": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="macro"),
-                "f1_micro": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="micro"),
-                "partial_score": PartialScore(num_labels=num_labels, threshold=threshold),
-                "exact_match": MultilabelExactMatch(num_labels=num_labels, threshold=threshold),
-                "label_accuracy": MultilabelAccuracy(num_labels=num_labels, threshold=threshold, average="macro"),
-            }
-        )
-
-    # regression
-    t = num_labels
-    if t == 1:
-        metrics: dict[str, Metric] = {
-            "mse": MeanSquaredError(),
-            "rmse": MeanSquaredError(squared=False),
-            "mae": MeanAbsoluteError(),
-            "r2": R2Score(),
-        }
-        return RegressionMetricCollection(metrics, num_targets=1)
-    if target_names is None:
-        raise ValueError(f"regression with {t} targets needs target_names (one name per target)")
-    metrics = {
-        # With equal sample counts per target the mean over all values is the uniform average.
-        "mse": MeanSquaredError(),
-        "rmse": _OutputMean(MeanSquaredError(squared=False, num_outputs=t)),
-        "mae": MeanAbsoluteError(),
-        "r2": R2Score(multioutput="uniform_average"),
-        "mse_per_target": ClasswiseWrapper(MeanSquaredError(num_outputs=t), labels=target_names, prefix="mse_"),
-        "rmse_per_target": ClasswiseWrapper(
-            MeanSquaredError(squared=False, num_outputs=t), labels=target_names, prefix="rmse_"
-        ),
-        "mae_per_target": ClasswiseWrapper(MeanAbsoluteError(num_outputs=t), labels=target_names, prefix="mae_"),
-        "r2_per_target": ClasswiseWrapper(R2Score(multioutput="raw_values"), labels=target_names, prefix="r2_"),
-    }
-    return RegressionMetricCollection(metrics, num_targets=t)
+    return _BUILDERS[task](num_labels, threshold, target_names)
 
 
 def compute_and_reset(collection: MetricCollection) -> dict[str, float]:

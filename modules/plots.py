@@ -164,14 +164,15 @@ def multilabel_confusion_plot(matrices: np.ndarray, labels: Sequence[str], path:
 
 
 def _r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """R^2 as in ``sklearn.metrics.r2_score`` for one target; nan when undefined (constant or < 2 values)."""
-    if y_true.size < 2:
-        return float("nan")
-    ss_res = float(np.sum((y_true - y_pred) ** 2))
-    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
-    if ss_tot == 0.0:
-        return float("nan")
-    return 1.0 - ss_res / ss_tot
+    """``sklearn.metrics.r2_score`` of one target; nan when undefined (fewer than 2 values, a non-finite
+    value, or a constant target)."""
+    from sklearn.metrics import r2_score
+
+    if y_true.size < 2 or not (np.isfinite(y_true).all() and np.isfinite(y_pred).all()):
+        return float("nan")  # r2_score warns on one value and rejects nan/inf
+    with np.errstate(divide="ignore", invalid="ignore"):  # constant target: nan or -inf, not 1.0 or 0.0
+        r2 = float(r2_score(y_true, y_pred, force_finite=False))
+    return r2 if math.isfinite(r2) else float("nan")
 
 
 def parity_plot(

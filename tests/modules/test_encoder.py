@@ -65,6 +65,7 @@ def fit(tmp_path, task, epochs=None, lora=None, lr=3e-3, n=32):
     module = EncoderModule(backbone=tiny_backbone(), lora=lora,
                            optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
                            scheduler=SchedulerSpec("constant"))
+    dm.use_preprocessing(module.tokenizer, module.processor)  # a plain Trainer: the CLI does this
     rec = LossRecorder()
     trainer = pl.Trainer(max_epochs=epochs or EPOCHS[task], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, deterministic=True, default_root_dir=str(tmp_path / "run"),
@@ -184,3 +185,43 @@ def test_packaged_minilm_loads_offline():
     assert out.logits.shape == (2, 2)
     with pytest.raises(FileNotFoundError, match="pip install no-such-pkg"):
         resolve_path("package:no_such_pkg/model")
+
+
+def test_the_task_picks_one_head_and_metrics_are_declared_per_split(fitted):
+    from modules.heads import MultiLabelHead
+
+    _, trainer, module, dm, _ = fitted("multilabel")
+    assert type(module.head) is MultiLabelHead and module.head.label_names == DEFECTS
+    assert set(module.split_metrics) == {"val", "test"} and module.baseline_metrics is not None
+    assert module.head.pos_weight.shape == (6,)
+
+
+def test_unknown_task_and_wrong_datamodule_errors():
+    from types import SimpleNamespace
+
+    module = EncoderModule(backbone=tiny_backbone())
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(task="ranking", label_names=["a"], target_stats=None))
+    with pytest.raises(ValueError, match="unknown encoder task 'ranking'; valid tasks: binary, multiclass, "
+                                         "multilabel, regression"):
+        module.setup("fit")
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(label_names=["a"]))
+    with pytest.raises(TypeError, match=r"EncoderModule needs a DataModule such as datamodules\.encoder\.EncoderDataModule .*which lacks"):
+        module.setup("fit")
+
+
+def test_checkpoint_written_before_the_heads_still_loads():
+    """Checkpoints from before the heads were modules keep their buffers at the top level of the state dict."""
+    from modules.heads import BinaryHead, RegressionHead
+
+    module = EncoderModule(backbone=tiny_backbone())
+    module.head = BinaryHead(["normal", "abnormal"])
+    checkpoint = {"state_dict": {"bce_pos_weight": torch.tensor([2.5])}}
+    module.on_load_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == {"head.pos_weight"}
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+    assert module.head.pos_weight.tolist() == [2.5]
+    module.head = RegressionHead(["energy"])
+    checkpoint = {"state_dict": {"target_mean": torch.tensor([7.0]), "target_std": torch.tensor([2.0])}}
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+    assert module.target_mean.tolist() == [7.0] and module.target_std.tolist() == [2.0]

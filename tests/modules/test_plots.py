@@ -73,3 +73,22 @@ def test_parity_plot_single_target_flat(tmp_path):
     y = np.linspace(0, 1, 20)
     out = parity_plot(y, y + 0.01, ["energy"], tmp_path / "parity1.png")
     _check_png(out, tmp_path / "parity1.png")
+
+
+def test_parity_r2_is_sklearns_and_nan_when_undefined():
+    import math
+
+    from sklearn.metrics import r2_score
+
+    from modules.plots import _r2
+
+    rng = np.random.default_rng(2)
+    y_true = rng.normal(450, 40, 50)
+    y_pred = y_true + rng.normal(0, 20, 50)
+    ss_res, ss_tot = np.sum((y_true - y_pred) ** 2), np.sum((y_true - y_true.mean()) ** 2)
+    assert _r2(y_true, y_pred) == pytest.approx(1 - ss_res / ss_tot, abs=1e-12)
+    assert _r2(y_true, y_pred) == pytest.approx(r2_score(y_true, y_pred), abs=1e-12)
+    # Shown as "n/a": a constant target (predicted exactly or not), one value, a non-finite value.
+    for t, p in [(np.ones(5), np.ones(5)), (np.ones(5), np.arange(5.0)), (np.array([1.0]), np.array([2.0])),
+                 (np.array([1.0, 2.0, 3.0]), np.array([1.0, np.nan, 3.0]))]:
+        assert math.isnan(_r2(t, p))

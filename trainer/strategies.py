@@ -28,7 +28,7 @@ from typing import Any
 from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 
-from datamodules.batch import BatchSpec
+from datamodules.base import TuneloopDataModule
 
 PRESETS = ("ddp", "fsdp", "fsdp1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
 CUDA_ONLY = ("fsdp1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
@@ -135,9 +135,9 @@ class TuneloopDeepSpeedStrategy(DeepSpeedStrategy):
 
     def _format_batch_size_and_grad_accum_config(self) -> None:
         if self.lightning_module is not None:
-            batch = getattr(self.lightning_module.trainer.datamodule, "batch", None)
-            if isinstance(batch, BatchSpec):
-                self.config.setdefault("train_micro_batch_size_per_gpu", batch.micro_batch_size)
+            datamodule = self.lightning_module.trainer.datamodule
+            if isinstance(datamodule, TuneloopDataModule):
+                self.config.setdefault("train_micro_batch_size_per_gpu", datamodule.batch.micro_batch_size)
         super()._format_batch_size_and_grad_accum_config()
 
     def _format_config(self) -> None:

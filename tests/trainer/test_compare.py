@@ -252,8 +252,9 @@ def test_summarize_names_unpaired_ids_and_bad_verdicts(tmp_path):
     ("generate", ["--questions", "--model", "--out", "--max-new-tokens", "--template", "--system", "--batch-size",
                   "--device", "--dtype"]),
     ("judge", ["--answers", "--a", "--b", "--out", "--judge", "--url", "--judge-model", "--api-key-env",
-               "--retries", "--timeout"]),
-    ("summarize", ["--judgments", "--a", "--b", "--json", "--alpha"]),
+               "--retries", "--timeout", "--prompt", "--system", "{answer_a}"]),
+    ("summarize", ["--judgments", "--a", "--b", "--json", "--alpha", "--out", "--questions", "per_question"]),
+    ("runs", ["RUN", "--names", "--stage", "--metrics", "--out", "--json"]),
 ])
 def test_help_of_every_step(capsys, step, options):
     with pytest.raises(SystemExit) as e:
@@ -269,7 +270,7 @@ def test_top_level_help_lists_the_steps(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "generate" in out and "judge" in out and "summarize" in out
+    assert "generate" in out and "judge" in out and "summarize" in out and "runs" in out
     assert build_parser().prog == "tuneloop compare"
 
 

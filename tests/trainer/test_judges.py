@@ -1,6 +1,7 @@
 """Judges of ``tuneloop compare judge``: ROUGE-L on exact values (English and Korean), the score bins and the
 closer rule, strict parsing of the LLM judge's reply, the HTTP judge against a local OpenAI-compatible server
-(valid, fenced, retried, always invalid, HTTP 500, refused), and BERTScore with the packaged MiniLM."""
+(valid, fenced, retried, always invalid, HTTP 500, refused), and BERTScore with the packaged MiniLM. The judge's
+prompt from files: ``test_judge_prompt.py``."""
 
 from __future__ import annotations
 

@@ -7,11 +7,14 @@ evaluation of MISSION §2. Three steps, each reading the JSONL the previous one 
 - ``summarize`` judgments -> statistics: the two score columns compared like a spreadsheet's analysis
   toolpak (descriptive statistics, paired two-sample t-test for means, F-test for variances).
 
-And one step of its own, the evaluation of MISSION §3:
+``summarize --out DIR`` also writes the figures and the per-question judgments as Markdown, CSV and JSON
+(:mod:`~trainer.compare.tables`). And two steps of their own:
 
 - ``alerts``    predictions of several models on the same test cases -> accuracy, precision, recall, F1,
-  false positives/negatives and unparseable outputs of their alert decisions, side by side (definitions and
-  parsing rules in :mod:`modules.alerts`).
+  false positives/negatives and unparseable outputs of their alert decisions, side by side (MISSION §3;
+  definitions and parsing rules in :mod:`modules.alerts`).
+- ``runs``      the ``metrics.json`` (or ``cv_summary.json``) of two or more runs -> their metrics side by side
+  with each run's difference from the first, e.g. base vs tuned intent F1 (MISSION §1).
 
 File formats (one JSON object per line):
 
@@ -26,7 +29,8 @@ File formats (one JSON object per line):
 
 One file per step: :mod:`~trainer.compare.records` (the files above, read and checked),
 :mod:`~trainer.compare.generate`, :mod:`~trainer.compare.judge`, :mod:`~trainer.compare.stats` (summarize),
-:mod:`~trainer.compare.alerts`, and :mod:`~trainer.compare.cli` (the parser and :func:`main`).
+:mod:`~trainer.compare.tables` (summarize's files, Markdown/CSV writers), :mod:`~trainer.compare.alerts`,
+:mod:`~trainer.compare.runs`, and :mod:`~trainer.compare.cli` (the parser and :func:`main`).
 """
 
 from trainer.compare.alerts import (
@@ -44,18 +48,24 @@ from trainer.compare.records import (
     NOTHING,
     Answer,
     CompareError,
+    JudgedQuestion,
     Question,
     alpaca_prompt,
     load_answers,
+    load_judged_questions,
     load_judgments,
+    load_question_texts,
     load_questions,
 )
-from trainer.compare.stats import STAT_KEYS, paired_statistics, print_summary, run_summarize
+from trainer.compare.runs import compare_runs, is_rate, load_run, run_runs
+from trainer.compare.stats import STAT_KEYS, paired_statistics, print_summary, run_summarize, toolpak_sections
+from trainer.compare.tables import write_summary
 
 __all__ = [
-    "ALERT_ROWS", "DEFAULT_SYSTEM", "EPILOG", "NOTHING", "STAT_KEYS", "Answer", "CompareError", "ModelSpec",
-    "Question", "alert_model_names", "alerts_markdown", "alpaca_prompt", "build_parser", "common_alert_ids",
-    "load_alert_predictions", "load_answers", "load_judgments", "load_questions", "main", "make_judge",
-    "paired_statistics", "print_summary", "read_api_key", "run_alerts", "run_generate", "run_judge",
-    "run_summarize",
+    "ALERT_ROWS", "DEFAULT_SYSTEM", "EPILOG", "NOTHING", "STAT_KEYS", "Answer", "CompareError", "JudgedQuestion",
+    "ModelSpec", "Question", "alert_model_names", "alerts_markdown", "alpaca_prompt", "build_parser",
+    "common_alert_ids", "compare_runs", "is_rate", "load_alert_predictions", "load_answers", "load_judged_questions",
+    "load_judgments", "load_question_texts", "load_questions", "load_run", "main", "make_judge", "paired_statistics",
+    "print_summary", "read_api_key", "run_alerts", "run_generate", "run_judge", "run_runs", "run_summarize",
+    "toolpak_sections", "write_summary",
 ]

@@ -10,6 +10,7 @@ from trainer.compare.alerts import ALERT_ROWS, ALERTS_DESCRIPTION, ALERTS_EPILOG
 from trainer.compare.generate import DEFAULT_SYSTEM, run_generate
 from trainer.compare.judge import read_api_key, run_judge
 from trainer.compare.records import CompareError
+from trainer.compare.runs import RUNS_DESCRIPTION, RUNS_EPILOG, run_runs
 from trainer.compare.stats import STAT_KEYS, run_summarize
 from trainer.judges import DEFAULT_BERTSCORE_MODEL, JudgeError
 from trainer.local_generation import LocalModelError
@@ -21,9 +22,11 @@ EPILOG = """examples:
   tuneloop compare judge --answers runs/compare/answers.jsonl --a base --b tuned \\
       --url https://api.openai.com/v1 --judge-model gpt-4o --api-key-env OPENAI_API_KEY \\
       --out runs/compare/judgments.jsonl
-  tuneloop compare summarize --judgments data/samples/compare/judgments.jsonl --a base --b tuned
+  tuneloop compare summarize --judgments data/samples/compare/judgments.jsonl --a base --b tuned \
+      --questions data/samples/compare/questions.jsonl --out runs/compare/tables
   tuneloop compare alerts --predictions runs/ppe-base/predictions.jsonl runs/ppe-tuned/predictions.jsonl \\
       --names base tuned --out runs/compare/ppe
+  tuneloop compare runs runs/intent-exaone-lora/base runs/intent-exaone-lora/tuned --out runs/compare/intent
 
 Run `tuneloop compare <step> --help` for the options of a step."""
 
@@ -33,11 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tuneloop compare",
         description="Compare a base model with its fine-tuned version on questions with reference answers: "
         "generate answers, judge them against the references, summarize the two score columns (paired t-test, "
-        "F-test). Or compare models' alert decisions on the same test cases (alerts).",
+        "F-test). Or compare models' alert decisions on the same test cases (alerts), or the metrics of finished "
+        "runs side by side (runs).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    steps = parser.add_subparsers(dest="step", required=True, metavar="{generate,judge,summarize,alerts}")
+    steps = parser.add_subparsers(dest="step", required=True, metavar="{generate,judge,summarize,alerts,runs}")
 
     gen = steps.add_parser(
         "generate", help="every model answers every question (greedy) -> answers JSONL",
@@ -97,14 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="http: wait SECONDS before the first retry after a connection error, timeout, HTTP 429 "
                        "or 5xx, doubled before each next one; a Retry-After header on 429/503 is honoured instead "
                        "(every wait at most 60 s) (default 1)")
+    judge.add_argument("--prompt", default=None, metavar="FILE",
+                       help="http: the judge's user message, a UTF-8 text file (e.g. your own 1-5 score anchors) "
+                       "with the placeholders {question}, {reference}, {answer_a} and {answer_b}, each at least once "
+                       "and no other {word} ({{word}} sends a literal {word}; other braces, such as a JSON example, "
+                       "are sent as written). It must ask for the reply JSON {\"closer\": \"A\"|\"B\"|\"Nothing\", "
+                       "\"score_a\": 1-5, \"score_b\": 1-5, \"reason\": ...}. Checked before any request (default: "
+                       "the built-in prompt, JUDGE_PROMPT in trainer/judges.py)")
+    judge.add_argument("--system", default=None, metavar="FILE",
+                       help="http: the judge's system message, a UTF-8 text file sent as is (default: the built-in "
+                       "JUDGE_SYSTEM, an impartial judge replying with one JSON object)")
 
     summ = steps.add_parser(
-        "summarize", help="paired t-test and F-test of the two score columns (spreadsheet toolpak style)",
+        "summarize", help="paired t-test and F-test of the two score columns (spreadsheet toolpak style); --out: as "
+        "Markdown, CSV, JSON, with a per-question table",
         description="Pair the scores of --a and --b by question id and report, like a spreadsheet's analysis "
         "toolpak: mean, variance, standard deviation, standard error, Pearson correlation, the paired two-sample "
         "t-test for means (t, df, one/two-tailed p and critical t) and the F-test for variances (F = var_a / "
         "var_b, one-tailed p and critical F as Excel computes them), plus how often each model was closer. "
-        "Undefined figures (a constant column, equal differences) are shown as #DIV/0! (null in --json).",
+        "Undefined figures (a constant column, equal differences) are shown as #DIV/0! (null in --json). --out DIR "
+        "writes the same tables (Tables 5-6) and the judgments per question (Table 7) as files.",
     )
     # --a/--b as in judge, with this step's own help: every step lists its options in its own --help.
     summ.add_argument("--judgments", required=True, metavar="FILE", help="judgments JSONL written by judge")
@@ -114,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print one JSON object (keys: " + ", ".join(STAT_KEYS) + ", closer) instead of tables")
     summ.add_argument("--alpha", type=float, default=0.05,
                       help="significance level of the critical values (default 0.05)")
+    summ.add_argument("--out", default=None, metavar="DIR",
+                      help="also write DIR/statistics.{md,csv,json} (the tables above: descriptive statistics, "
+                      "t-test, F-test, closer counts; CSV in full precision) and DIR/per_question.{md,csv} (id, "
+                      "question, both scores, closer, reason)")
+    summ.add_argument("--questions", default=None, metavar="FILE",
+                      help="questions JSONL (as generate reads it) or the answers JSONL of generate: the question "
+                      "text of each id for per_question.* (without it that column is left out)")
 
     alerts = steps.add_parser(
         "alerts", help="accuracy, precision, recall, F1, false positives of alert decisions, models side by side",
@@ -133,11 +156,32 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--json", action="store_true",
                         help="print one JSON object (cases, dropped, models: {name: {file, " + ", ".join(
                             k for k, _ in ALERT_ROWS) + "}}) instead of the table")
+
+    runs = steps.add_parser(
+        "runs", help="metrics of two or more runs (metrics.json, cv_summary.json) side by side, with differences",
+        description=RUNS_DESCRIPTION, epilog=RUNS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    runs.add_argument("runs", nargs="+", metavar="RUN",
+                      help="run directories (runs/<experiment>/<version>, with metrics.json) or cv directories "
+                      "(with cv_summary.json); the first is the baseline A of every difference")
+    runs.add_argument("--names", nargs="+", default=None, metavar="NAME",
+                      help="one name per run, in order (default: the run directory's name, <experiment>/<version> "
+                      "where those repeat)")
+    runs.add_argument("--stage", default=None, metavar="PREFIX",
+                      help="show every metric under PREFIX/: test (default), val, train, or all")
+    runs.add_argument("--metrics", default=None, metavar="LIST",
+                      help="show these metrics, in this order, comma-separated (e.g. test/accuracy,test/f1_macro); "
+                      "instead of --stage")
+    runs.add_argument("--out", default=None, metavar="DIR",
+                      help="also write DIR/runs.md (the table), DIR/runs.csv (full precision) and DIR/runs.json")
+    runs.add_argument("--json", action="store_true",
+                      help="print one JSON object (baseline, runs, metrics: [{metric, rate, values, std, diff, "
+                      "rel_pct}]) instead of the table")
     return parser
 
 
 def main(argv: list[str]) -> None:
-    """``tuneloop compare generate|judge|summarize|alerts ...``; a wrong input stops with a one-line error."""
+    """``tuneloop compare generate|judge|summarize|alerts|runs ...``; a wrong input stops with a one-line error."""
     import os
 
     args = build_parser().parse_args(argv)
@@ -150,6 +194,8 @@ def main(argv: list[str]) -> None:
             run_judge(args, api_key)
         elif args.step == "summarize":
             run_summarize(args)
+        elif args.step == "runs":
+            run_runs(args)
         else:
             run_alerts(args)
     except (CompareError, RecordError, JudgeError, LocalModelError, FileNotFoundError) as e:

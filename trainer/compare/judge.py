@@ -10,7 +10,7 @@ from pathlib import Path
 
 from datamodules.records import write_jsonl
 from trainer.compare.records import NOTHING, CompareError, load_answers, progress
-from trainer.judges import DEFAULT_BERTSCORE_MODEL, Judge, JudgeError
+from trainer.judges import DEFAULT_BERTSCORE_MODEL, Judge, JudgeError, load_judge_prompt
 
 
 def make_judge(args: argparse.Namespace, api_key: str | None) -> Judge:
@@ -28,8 +28,10 @@ def make_judge(args: argparse.Namespace, api_key: str | None) -> Judge:
             raise CompareError("--judge http needs --url (e.g. http://localhost:8000/v1)")
         if not args.judge_model:
             raise CompareError("--judge http needs --judge-model (the model name the endpoint serves)")
-        return HttpJudge(args.url, args.judge_model, api_key, args.retries, args.timeout, args.backoff)
-    for flag, value in (("--url", args.url), ("--api-key-env", args.api_key_env)):
+        prompt = load_judge_prompt(args.prompt, args.system)
+        return HttpJudge(args.url, args.judge_model, api_key, args.retries, args.timeout, args.backoff, prompt)
+    for flag, value in (("--url", args.url), ("--api-key-env", args.api_key_env), ("--prompt", args.prompt),
+                        ("--system", args.system)):
         if value:
             raise CompareError(f"{flag} is an option of --judge http, not of --judge {args.judge}")
     if args.judge == "rouge":
@@ -99,7 +101,10 @@ def run_judge(args: argparse.Namespace, api_key: str | None) -> list[dict]:
 
     judged = len(by_id) - len(failures)
     console = Console()
-    console.print(f"tuneloop compare judge ({judge.name}): {judged} of {len(by_id)} questions judged, "
+    prompt = ""
+    if args.judge == "http":
+        prompt = f", prompt: {args.prompt or 'built-in'}" + (f", system: {args.system}" if args.system else "")
+    console.print(f"tuneloop compare judge ({judge.name}{prompt}): {judged} of {len(by_id)} questions judged, "
                   f"{seconds / max(len(by_id), 1):.2f} s per question -> {out}")
     table = Table()
     for col in ("model", "mean score", "closer"):

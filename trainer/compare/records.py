@@ -167,14 +167,27 @@ def load_answers(path: str, a: str, b: str) -> dict[str | int, dict[str, Answer]
     return by_id
 
 
-def load_judgments(path: str, a: str, b: str) -> tuple[list[float], list[float], dict[str, int]]:
-    """Read a judgments JSONL: the scores of ``a`` and ``b`` paired by question id (in file order) and the
-    counts of the closer model (``a``, ``b``, ``"Nothing"``)."""
+@dataclass(frozen=True)
+class JudgedQuestion:
+    """One question of a judgments file, both models' lines joined (a row of the per-question table)."""
+
+    id: str | int
+    score_a: float
+    score_b: float
+    closer: str  # a, b or NOTHING
+    reason: str  # the judge's reason ("" when the file has none; both reasons when the two lines differ)
+
+
+def load_judged_questions(path: str, a: str, b: str) -> list[JudgedQuestion]:
+    """Read a judgments JSONL: one :class:`JudgedQuestion` per question id (in file order), checked to hold a
+    line of ``a`` and of ``b`` for every id with the same ``closer`` (``a``, ``b`` or ``"Nothing"``)."""
     rf = _jsonl(path)
     require_fields(rf, ["id", "model", "score", "closer"])
     scores = check_number(rf, "score")
+    has_reason = "reason" in rf.dataset.column_names
     by_id: dict[str | int, dict[str, float]] = {}
     closer_of: dict[str | int, tuple[str, int]] = {}
+    reasons: dict[str | int, dict[str, str]] = {}
     for i, row, qid, model in _lines_by_model(rf, "second judgment of model {model!r} on id {qid!r}"):
         by_id.setdefault(qid, {})[model] = scores[i]
         closer = _text(rf, i, "closer", row["closer"])
@@ -185,9 +198,36 @@ def load_judgments(path: str, a: str, b: str) -> tuple[list[float], list[float],
             if first[0] != closer:
                 raise rf.error(i, "closer", f"{closer!r} disagrees with {first[0]!r} at {rf.locate(first[1])} "
                                             f"(both lines of a question carry the same verdict)")
+            if has_reason and row["reason"] is not None:
+                reasons.setdefault(qid, {})[model] = _text(rf, i, "reason", row["reason"], allow_empty=True)
     _check_pairs(path, by_id, a, b)
-    counts = {a: 0, b: 0, NOTHING: 0}
-    for closer, _ in closer_of.values():
-        counts[closer] += 1
-    return [m[a] for m in by_id.values()], [m[b] for m in by_id.values()], counts
+    out = []
+    for qid, models in by_id.items():
+        said = reasons.get(qid, {})
+        texts = list(dict.fromkeys(said[m] for m in (a, b) if m in said))  # one text when both lines agree
+        reason = texts[0] if len(texts) == 1 else "; ".join(f"{m}: {said[m]}" for m in (a, b) if m in said)
+        out.append(JudgedQuestion(qid, models[a], models[b], closer_of[qid][0], reason))
+    return out
 
+
+def load_judgments(path: str, a: str, b: str) -> tuple[list[float], list[float], dict[str, int]]:
+    """Read a judgments JSONL: the scores of ``a`` and ``b`` paired by question id (in file order) and the
+    counts of the closer model (``a``, ``b``, ``"Nothing"``)."""
+    questions = load_judged_questions(path, a, b)
+    counts = {a: 0, b: 0, NOTHING: 0}
+    for q in questions:
+        counts[q.closer] += 1
+    return [q.score_a for q in questions], [q.score_b for q in questions], counts
+
+
+def load_question_texts(path: str) -> dict[str | int, str]:
+    """Question text by id, from a questions JSONL (what ``generate`` reads) or an answers JSONL (what it
+    writes: one line per question and model, each with the question)."""
+    rf = _jsonl(path)
+    if "model" not in rf.dataset.column_names:
+        return {q.id: q.text for q in load_questions(path)}
+    require_fields(rf, ["id", "question"])
+    texts: dict[str | int, str] = {}
+    for i, row in enumerate(rf.dataset):
+        texts.setdefault(_record_id(rf, i, row["id"]), _text(rf, i, "question", row["question"]))
+    return texts

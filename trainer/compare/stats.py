@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
-from trainer.compare.records import CompareError, load_judgments
+from trainer.compare.records import NOTHING, CompareError, load_judged_questions, load_question_texts
 
 STAT_KEYS = ("n", "mean_a", "mean_b", "var_a", "var_b", "sd_a", "sd_b", "sem_a", "sem_b", "pearson_r", "t_stat",
              "df", "p_one_tail", "p_two_tail", "t_crit_one_tail", "t_crit_two_tail", "f_stat", "p_f_one_tail",
@@ -81,15 +82,48 @@ def paired_statistics(a: list[float], b: list[float], alpha: float = 0.05) -> di
     }
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     """NaN and infinities are not JSON: they are written as null."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A figure as the console and Markdown show it: 6 significant digits, #DIV/0! where undefined."""
     if isinstance(value, int):
         return str(value)
     return "#DIV/0!" if not math.isfinite(value) else f"{value:.6g}"
+
+
+def toolpak_sections(s: dict) -> list[tuple[str, list[tuple[str, Any, Any]]]]:
+    """The statistics as Excel's toolpak lays them out (MISSION §2, the team's Tables 5-6): ``(title, rows)``
+    per table, a row ``(label, value of a, value of b)`` with ``None`` for an empty cell. The console, Markdown
+    and CSV outputs of ``summarize`` all print these."""
+    return [
+        ("Descriptive statistics", [
+            ("Mean", s["mean_a"], s["mean_b"]), ("Variance", s["var_a"], s["var_b"]),
+            ("Standard Deviation", s["sd_a"], s["sd_b"]), ("Standard Error", s["sem_a"], s["sem_b"]),
+            ("Observations", s["n"], s["n"]),
+        ]),
+        ("t-Test: Paired Two Sample for Means", [
+            ("Mean", s["mean_a"], s["mean_b"]), ("Variance", s["var_a"], s["var_b"]),
+            ("Observations", s["n"], s["n"]), ("Pearson Correlation", s["pearson_r"], None),
+            ("Hypothesized Mean Difference", 0, None), ("df", s["df"], None), ("t Stat", s["t_stat"], None),
+            ("P(T<=t) one-tail", s["p_one_tail"], None), ("t Critical one-tail", s["t_crit_one_tail"], None),
+            ("P(T<=t) two-tail", s["p_two_tail"], None), ("t Critical two-tail", s["t_crit_two_tail"], None),
+        ]),
+        ("F-Test Two-Sample for Variances", [
+            ("Mean", s["mean_a"], s["mean_b"]), ("Variance", s["var_a"], s["var_b"]),
+            ("Observations", s["n"], s["n"]), ("df", s["df"], s["df"]), ("F", s["f_stat"], None),
+            ("P(F<=f) one-tail", s["p_f_one_tail"], None), ("F Critical one-tail", s["f_crit_one_tail"], None),
+        ]),
+    ]
+
+
+CLOSER_TITLE = "Closer to the reference (questions)"
+
+
+def summary_heading(s: dict, a: str, b: str, alpha: float, path: str) -> str:
+    return f"tuneloop compare summarize: {path}, {a} vs {b}, {s['n']} paired questions, alpha {alpha}"
 
 
 def print_summary(s: dict, closer: dict[str, int], a: str, b: str, alpha: float, path: str) -> None:
@@ -97,35 +131,17 @@ def print_summary(s: dict, closer: dict[str, int], a: str, b: str, alpha: float,
     from rich.console import Console
     from rich.table import Table
 
-    def table(title: str, rows: list[tuple[str, Any, Any]]) -> Table:
+    console = Console()
+    console.print(summary_heading(s, a, b, alpha, path), markup=False, highlight=False)
+    for title, rows in toolpak_sections(s):
         t = Table(title=title, title_justify="left")
         t.add_column("")
         t.add_column(a, justify="right")
         t.add_column(b, justify="right")
         for label, va, vb in rows:
-            t.add_row(label, "" if va is None else _fmt(va), "" if vb is None else _fmt(vb))
-        return t
-
-    console = Console()
-    console.print(f"tuneloop compare summarize: {path}, {a} vs {b}, {s['n']} paired questions, alpha {alpha}")
-    console.print(table("Descriptive statistics", [
-        ("Mean", s["mean_a"], s["mean_b"]), ("Variance", s["var_a"], s["var_b"]),
-        ("Standard Deviation", s["sd_a"], s["sd_b"]), ("Standard Error", s["sem_a"], s["sem_b"]),
-        ("Observations", s["n"], s["n"]),
-    ]))
-    console.print(table("t-Test: Paired Two Sample for Means", [
-        ("Mean", s["mean_a"], s["mean_b"]), ("Variance", s["var_a"], s["var_b"]),
-        ("Observations", s["n"], s["n"]), ("Pearson Correlation", s["pearson_r"], None),
-        ("Hypothesized Mean Difference", 0, None), ("df", s["df"], None), ("t Stat", s["t_stat"], None),
-        ("P(T<=t) one-tail", s["p_one_tail"], None), ("t Critical one-tail", s["t_crit_one_tail"], None),
-        ("P(T<=t) two-tail", s["p_two_tail"], None), ("t Critical two-tail", s["t_crit_two_tail"], None),
-    ]))
-    console.print(table("F-Test Two-Sample for Variances", [
-        ("Mean", s["mean_a"], s["mean_b"]), ("Variance", s["var_a"], s["var_b"]),
-        ("Observations", s["n"], s["n"]), ("df", s["df"], s["df"]), ("F", s["f_stat"], None),
-        ("P(F<=f) one-tail", s["p_f_one_tail"], None), ("F Critical one-tail", s["f_crit_one_tail"], None),
-    ]))
-    closer_table = Table(title="Closer to the reference (questions)", title_justify="left")
+            t.add_row(label, "" if va is None else fmt(va), "" if vb is None else fmt(vb))
+        console.print(t)
+    closer_table = Table(title=CLOSER_TITLE, title_justify="left")
     for name in closer:
         closer_table.add_column(name, justify="right")
     closer_table.add_row(*(str(v) for v in closer.values()))
@@ -133,15 +149,35 @@ def print_summary(s: dict, closer: dict[str, int], a: str, b: str, alpha: float,
 
 
 def run_summarize(args: argparse.Namespace) -> dict:
+    """Paired statistics of ``--judgments``: printed (tables or ``--json``) and, with ``--out``, written as files
+    (:func:`trainer.compare.tables.write_summary`). Returns the JSON object (statistics and ``closer``)."""
     if not 0 < args.alpha < 1:
         raise CompareError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    score_a, score_b, closer = load_judgments(args.judgments, args.a, args.b)
+    if args.questions and not args.out:
+        raise CompareError("--questions fills the question column of per_question.* under --out DIR; give --out")
+    judged = load_judged_questions(args.judgments, args.a, args.b)
+    texts = load_question_texts(args.questions) if args.questions else None
+    if texts is not None:
+        unknown = [q.id for q in judged if q.id not in texts]
+        if unknown:
+            shown = ", ".join(repr(i) for i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            raise CompareError(f"--questions {args.questions}: no question for {len(unknown)} judged id(s): {shown}")
+    closer = {args.a: 0, args.b: 0, NOTHING: 0}
+    for q in judged:
+        closer[q.closer] += 1
     try:
-        stats = paired_statistics(score_a, score_b, args.alpha)
+        stats = paired_statistics([q.score_a for q in judged], [q.score_b for q in judged], args.alpha)
     except ValueError as e:
         raise CompareError(f"{args.judgments}: {e}") from None
+    result = {**{k: json_value(v) for k, v in stats.items()}, "closer": closer}
     if args.json:
-        print(json.dumps({**{k: _json_value(v) for k, v in stats.items()}, "closer": closer}, ensure_ascii=False))
+        print(json.dumps(result, ensure_ascii=False))
     else:
         print_summary(stats, closer, args.a, args.b, args.alpha, args.judgments)
+    if args.out:
+        from trainer.compare.tables import write_summary
+
+        written = write_summary(Path(args.out), stats, closer, judged, texts, args)
+        if not args.json:
+            print("-> " + ", ".join(str(p) for p in written))
     return {**stats, "closer": closer}

@@ -17,8 +17,9 @@ marks (``*``, ``__``, backticks) removed, lower-cased.
    ``알람``, ``경보 여부``, ``경보 발령 여부``, ``판단``/``결정`` (alert-valued only) ...), a separator
    (``:``, ``=``, ``-``, ``->``, ``→``, ``?``), optionally an opening bracket or quote, and a value from
    :data:`NEGATIVE_VALUES` (tried first: ``false``, ``no``, ``0``, ``none``, ``not needed``, ``no alert``,
-   ``아니오``, ``아니요``, ``불필요``, ``필요 없음``, ``미발령``, ``없음`` ...) or :data:`POSITIVE_VALUES`
-   (``true``, ``yes``, ``1``, ``raise``, ``needed``, ``예``, ``네``, ``필요``, ``발령`` ...).
+   ``아니오``, ``아니요``, ``불필요``, ``필요 없음``, ``미발령``/``미발동``, ``없음`` ...) or
+   :data:`POSITIVE_VALUES` (``true``, ``yes``, ``1``, ``raise``, ``needed``, ``예``, ``네``, ``필요``,
+   ``발령``/``발동`` ...).
 
    - ``1``/``0`` are accepted as true/false; ``Alert: 1/0``, ``Alert: True/False`` or ``Alert: <True|False>``
      (a value followed by ``/``, ``|``, ``or`` and another value) is an echo of the answer format, not a
@@ -39,11 +40,14 @@ marks (``*``, ``__``, backticks) removed, lower-cased.
 
 2. **Free phrasing**, only when there is no explicit decision: :data:`NEGATIVE_PHRASES` (``no alert``,
    ``do not raise an alert``, ``an alert is not needed``, ``no need to raise an alert``, ``경보 필요
-   없음``, ``경보를 발령할 필요가 없습니다``, ``알림 불필요``, ``경보를 발령하지 않습니다`` ...) are found
-   first and blanked out, then :data:`POSITIVE_PHRASES` (``raise an alert``, ``an alert should be
-   raised``, ``경보를 발령해야 합니다``, ``경보가 필요합니다`` ...) are searched in what is left, so that the
-   positive phrase inside a negated one ("no alert should *be raised*") does not count. Only negative
-   phrases: ``False``; only positive: ``True``; both (contradictory): ``None``.
+   없음``, ``경보를 발령할 필요가 없습니다``, ``알림 불필요``, ``경보를 발령하지 않습니다``, ``경보를 울리지
+   않습니다``, ``경보를 발동하지 않습니다``, ``경보를 울릴 필요가 없습니다``, ``경보가 필요하지 않습니다`` ...)
+   are found first and blanked out, then :data:`POSITIVE_PHRASES` (``raise an alert``, ``an alert should be
+   raised``, ``경보를 발령해야 합니다``, ``따라서 경보를 울립니다``, ``경보를 발동합니다``, ``경보가
+   필요합니다`` ...) are searched in what is left, so that the positive phrase inside a negated one ("no alert
+   should *be raised*", ``경보를 울리지 않습니다``) does not count. Only negative phrases: ``False``; only
+   positive: ``True``; both (contradictory): ``None``. Korean verbs of an alert: 발령 (issue), 발동
+   (invoke), 울리다 (sound: 울립니다, 울려야, 울리지, 울릴), 발송/전송/송출/보내다 (send) ...
 
 3. Anything else (empty text, a bare "Yes" whose question we cannot see, reasoning without a decision):
    ``None``. There is never a default decision: callers count ``None`` as *unparseable*.
@@ -94,33 +98,34 @@ ALERT_KEYS = ("n", "accuracy", "precision", "recall", "f1", "false_positives", "
 # ---------------------------------------------------------------------------------------------------------
 
 _KO = r"(?:경보|경고|알림|알람)"  # alert, warning, notification, alarm
-_KO_VERB = r"(?:발령|발생|발송|송출|전송|제기|울리|울려|울림|보내|보낼|트리거)"  # issue/sound/send ...
+# issue/invoke/sound/send ...; 울리다 in every form the answers use (울리지, 울려야, 울립니다, 울릴 필요, 울렸)
+_KO_VERB = r"(?:발령|발동|발생|발송|송출|전송|제기|울(?:리|려|렸|림|립|릴)|보내|보낼|트리거)"
 _AMBIGUOUS_END = r"(?=[ \t]*(?:[\r\n]|\Z|[^\w\s]|(?:because|since|as|so|and|but)\b))"  # "no" only as a whole answer
 
 #: Values of an explicit decision meaning "no alert", tried before the positive ones.
 NEGATIVE_VALUES = (
     r"(?:false|not\s+(?:needed|required|necessary|raised|warranted)|no[\s_-]*alert|do\s*n[o']t\s+(?:raise|alert)"
-    r"|negative|아니[오요]?|아뇨|불필요\w*|필요\s*(?:가\s*|는\s*)?없\w*|필요(?:하지|치)\s*않\w*|미발령\w*"
-    r"|발령\s*(?:안\s*함|하지\s*않\w*)|해당\s*없음|없음|거짓|×)(?!\w)"
+    r"|negative|아니[오요]?|아뇨|불필요\w*|필요\s*(?:가\s*|는\s*)?없\w*|필요(?:하지|치)\s*않\w*|미발[령동]\w*"
+    r"|발[령동]\s*(?:안\s*함|하지\s*않\w*)|해당\s*없음|없음|거짓|×)(?!\w)"
     r"|0(?![\w.,]?\d)"
     r"|(?:no|none|n|x|off)" + _AMBIGUOUS_END
 )
 #: Values of an explicit decision meaning "raise the alert".
 POSITIVE_VALUES = (
-    r"(?:true|yes|positive|raised?|alert|needed|required|necessary|예|네|필요\w*|발령\w*|참|있음|○)(?!\w)"
+    r"(?:true|yes|positive|raised?|alert|needed|required|necessary|예|네|필요\w*|발[령동]\w*|참|있음|○)(?!\w)"
     r"|1(?![\w.,]?\d)|(?:y|o|on)" + _AMBIGUOUS_END
 )
 # "Decision: alert" / "판단: 경보 발령": a decision key takes only alert-naming values.
 _DECISION_NEGATIVE = (r"(?:no[\s_-]*alert|do\s*n[o']t\s+(?:raise\s+(?:an?\s+)?)?alert|not\s+alert"
-                      r"|경보\s*(?:불필요|필요\s*없\w*|미발령|없음|발령\s*안\s*함))(?![\w:])")
-_DECISION_POSITIVE = r"(?:(?:raise\s+(?:an?\s+|the\s+)?)?alert|경보\s*(?:발령|필요)\w*)(?![\w:])"
+                      r"|경보\s*(?:불필요|필요\s*없\w*|미발[령동]|없음|발[령동]\s*안\s*함))(?![\w:])")
+_DECISION_POSITIVE = r"(?:(?:raise\s+(?:an?\s+|the\s+)?)?alert|경보\s*(?:발령|발동|필요)\w*)(?![\w:])"
 
 #: Explicit decisions: (key, negative values, positive values). The separator and rules sit in _explicit().
 EXPLICIT: tuple[tuple[str, str, str], ...] = (
     (r"alert(?:\s+(?:decision|status|needed|required|raised))?|alarm"
      r"|raise\s+(?:an?\s+|the\s+)?alert|should\s+(?:an?\s+)?alert\s+be\s+raised", NEGATIVE_VALUES, POSITIVE_VALUES),
     (r"(?:final\s+)?(?:decision|verdict)", _DECISION_NEGATIVE, _DECISION_POSITIVE),
-    (_KO + r"(?:\s*발령)?(?:\s*(?:필요\s*여부|여부|필요성|필요|결정|판단))?", NEGATIVE_VALUES, POSITIVE_VALUES),
+    (_KO + r"(?:\s*발[령동])?(?:\s*(?:필요\s*여부|여부|필요성|필요|결정|판단))?", NEGATIVE_VALUES, POSITIVE_VALUES),
     (r"(?:최종\s*)?(?:판단|결정|결론)", _DECISION_NEGATIVE, _DECISION_POSITIVE),
 )
 _SEPARATOR = r"[ \t]*(?:->|=>|[:=\-–—→⇒?])[ \t]*[(\[{<\"'「『“]?[ \t]*"
@@ -144,7 +149,7 @@ NEGATIVE_PHRASES = tuple(re.compile(p) for p in (
     _KO + r"\w*\s*" + _KO_VERB + r"\w*?지\s*(?:않|말|마)",
     _KO + r"\w*\s*(?:" + _KO_VERB + r"\w*\s*)?안\s*(?:함|해|합니다|한다|됨)",
     _KO + r"\w*\s*안\s*" + _KO_VERB,
-    _KO + r"\s*(?:미발령|없음|없습니다|없다|대상이?\s*아)",
+    _KO + r"\s*(?:미발[령동]|없음|없습니다|없다|대상이?\s*아)",
 ))
 #: Free phrasing meaning "raise the alert" (searched after the negative phrases are blanked out).
 POSITIVE_PHRASES = tuple(re.compile(p) for p in (

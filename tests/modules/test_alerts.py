@@ -88,6 +88,22 @@ PHRASINGS = [
     ("경보를 발령하지 않습니다.", False),
     ("경보가 필요합니다.", True),
     ("작업자 2가 안전모를 쓰지 않았으므로 경보를 울려야 합니다.", True),
+    # the VLM team's own Korean answers (울리다 = sound, 발동 = invoke) and their negations
+    ("따라서 경보를 울립니다", True),
+    ("작업자 3은 반사띠가 없는 주황색 티셔츠를 입고 있습니다. 따라서 경보를 울립니다.", True),
+    ("경보를 발동합니다.", True),
+    ("경보가 발동됩니다.", True),
+    ("경보를 울리지 않습니다.", False),
+    ("모든 작업자가 안전모와 안전 조끼를 착용했으므로 경보를 울리지 않습니다.", False),
+    ("경보가 필요하지 않습니다", False),
+    ("경보를 발동하지 않습니다.", False),
+    ("경보를 울릴 필요가 없습니다.", False),
+    ("경보를 발동할 필요가 없습니다.", False),
+    ("경보는 발동되지 않습니다.", False),
+    ("경보 발동 여부: 발동", True),
+    ("경보: 미발동", False),
+    ("따라서 경보를 울립니다. 경보를 울리지 않습니다.", None),  # contradictory free phrasing
+    ("경보 장치가 작업장 입구에 있습니다.", None),  # names the alarm, decides nothing
     # nothing, format echoes, contradictions, lookalikes -> None
     ("", None),
     ("   \n ", None),

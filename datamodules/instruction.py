@@ -14,14 +14,14 @@ response; or drop; or error) and are counted and reported.
 from __future__ import annotations
 
 import math
+from enum import Enum
 from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
 
-from datamodules.base import TuneloopDataModule
-from datamodules.records import RecordError, RecordFile, check_text, load_record_file, require_fields
+from datamodules.base import ResumableSampler, TuneloopDataModule
+from datamodules.records import DataConfigError, RecordError, RecordFile, check_text, load_record_file, require_fields
 from datamodules.templates import (
     ALPACA_NO_INPUT_TEMPLATE,
     ALPACA_TEMPLATE,
@@ -210,6 +210,10 @@ class InstructionDataModule(TuneloopDataModule):
             keep = [i for i, s in enumerate(statuses) if s == "ok"]
         else:
             keep = [i for i, s in enumerate(statuses) if s != "dropped"]
+        if not keep:  # empty work is an error, before any training starts
+            why = "" if overlong == "drop" else "; none kept a response token"
+            raise RecordError(str(rf.path), None, f"overlong: {overlong} removed {len(ds)} of {len(ds)} records "
+                              f"(cutoff_len={cutoff}{why}), leaving no {split} data; raise data.cutoff_len")
         if len(keep) != len(ds):
             ds = ds.select(keep)
         self.truncation_report[split] = report
@@ -220,20 +224,21 @@ class InstructionDataModule(TuneloopDataModule):
         return ds
 
     def setup(self, stage: str) -> None:
+        stage = stage.value if isinstance(stage, Enum) else stage  # Lightning passes a TrainerFn (a str enum)
         self.collate_fn = CausalCollator(self.tokenizer.pad_token_id)
         if stage in ("fit", "validate"):
             for split in ("train", "val"):
                 if split not in self.splits:
                     if not self.files[split]:
-                        raise ValueError(f"data.{split}_file is required to {stage}")
+                        raise DataConfigError(f"data.{split}_file is required to {stage}")
                     self.splits[split] = self._prepare(split, need_targets=True)
         if stage == "test" and "test" not in self.splits:
             if not self.files["test"]:
-                raise ValueError("data.test_file is required to test")
+                raise DataConfigError("data.test_file is required to test")
             self.splits["test"] = self._prepare("test", need_targets=True)
         if stage == "predict" and "predict" not in self.splits:
             if not self.files["predict"]:
-                raise ValueError("data.predict_file (or data.test_file) is required to predict")
+                raise DataConfigError("data.predict_file (or data.test_file) is required to predict")
             self.splits["predict"] = self._prepare("predict", need_targets=False)
 
     def train_dataloader(self):
@@ -241,8 +246,9 @@ class InstructionDataModule(TuneloopDataModule):
             return super().train_dataloader()
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = LengthGroupedSampler(self.splits["train"]["length"], self.batch.global_batch_size,
-                                       self.batch.micro_batch_size, num_replicas=world, rank=rank, seed=self.seed)
+        sampler = self._start_train_sampler(LengthGroupedSampler(
+            self.splits["train"]["length"], self.batch.effective_global_batch_size(world), self.batch.micro_batch_size,
+            num_replicas=world, rank=rank, seed=self.seed))
         return torch.utils.data.DataLoader(self.splits["train"], batch_size=self.batch.micro_batch_size,
                                            sampler=sampler, collate_fn=self.collate_fn,
                                            num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
@@ -278,7 +284,7 @@ class CausalCollator:
                 "reference": [f["reference"] for f in features]}
 
 
-class LengthGroupedSampler(DistributedSampler):
+class LengthGroupedSampler(ResumableSampler):
     """Length-grouped order whose optimizer steps hold the same samples at any world size and micro batch.
 
     Seeded shuffle (seed + epoch), then within mega-batches of ``mega`` global batches sort by length and cut
@@ -290,7 +296,7 @@ class LengthGroupedSampler(DistributedSampler):
     partial step is padded on N processes with repeats of its own samples so every process gets as many.
 
     A ``DistributedSampler`` itself, so Lightning uses it as it is (it would otherwise wrap it and shuffle the
-    grouped order away). ``set_epoch`` reshuffles per epoch.
+    grouped order away). ``set_epoch`` reshuffles per epoch; ``start_at`` resumes part-way (``ResumableSampler``).
     """
 
     def __init__(self, lengths: list[int], global_batch_size: int, micro_batch_size: int, num_replicas: int = 1,
@@ -325,7 +331,7 @@ class LengthGroupedSampler(DistributedSampler):
             steps += [rest[i:i + self.global_batch] for i in range(0, len(rest), self.global_batch)]
         return steps
 
-    def __iter__(self):
+    def epoch_indices(self):
         world, rank, micro = self.num_replicas, self.rank, self.micro
         for step in self.steps():
             if len(step) == self.global_batch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from datamodules.records import write_jsonl
 from modules.base import TuneloopModule
+from trainer import evaluations
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,24 @@ def _floats(metrics: dict[str, Any], prefix: str | None = None) -> dict[str, flo
 
 
 def update_metrics_file(path: Path, section: str, values: dict) -> None:
-    """Merge ``values`` into ``metrics.json`` under ``section`` (``fit``, ``test``, ...)."""
+    """Merge ``values`` into ``metrics.json`` under ``section`` (``fit``, ``test``, ...). Written atomically (a
+    kill never leaves half a file); a non-finite number (a skipped step's nan loss, an inf score) is ``null``,
+    as strict JSON has no NaN or Infinity."""
+    from trainer.checkpoint_io import atomic_write_text
+
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[section] = values
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    data[section] = _finite_or_null(values)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def _dedupe(rows: list[dict]) -> list[dict]:
@@ -97,6 +112,24 @@ class RunArtifacts(Callback):
         self.val_steps: list[int] = []
         self.val_loss: list[float] = []
         self._pending: list[float] = []
+        self._step_before = 0  # global step before the current micro batch
+        self._fitted = False  # a test after this trainer's fit is the run's own test
+        self._evaluation: evaluations.Evaluation | None = None
+        self._figures: list[Path] = []
+
+    def state_dict(self) -> dict:
+        """The loss curve so far, saved in every checkpoint: a resumed fit's ``metrics.json`` and plots show the
+        whole run, as an uninterrupted fit's would."""
+        return {"train_steps": list(self.train_steps), "train_loss": list(self.train_loss),
+                "val_steps": list(self.val_steps), "val_loss": list(self.val_loss), "pending": list(self._pending)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_steps, self.train_loss = list(state["train_steps"]), list(state["train_loss"])
+        self.val_steps, self.val_loss = list(state["val_steps"]), list(state["val_loss"])
+        self._pending = list(state["pending"])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_before = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Lightning hands over the loss divided by the accumulation steps, so the losses of one optimizer
@@ -105,7 +138,7 @@ class RunArtifacts(Callback):
         if loss is None:
             return
         self._pending.append(float(loss.detach()))
-        if trainer.global_step > (self.train_steps[-1] if self.train_steps else 0):
+        if trainer.global_step > self._step_before:  # this micro batch ended an optimizer step
             # Every process completes the step together: the recorded loss is the global mean.
             step_loss = torch.tensor(sum(self._pending), device=pl_module.device)
             if trainer.world_size > 1:
@@ -131,6 +164,7 @@ class RunArtifacts(Callback):
         self.val_loss.append(float(trainer.callback_metrics["val/loss"]))
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        self._fitted = True
         if not trainer.is_global_zero:
             return
         from modules import plots
@@ -154,6 +188,15 @@ class RunArtifacts(Callback):
         log_images(trainer, paths)
         print_summary("fit", values, out)
 
+    def on_test_start(self, trainer, pl_module) -> None:
+        # Named by stage, mode and checkpoint (trainer/evaluations.py): a re-test keeps its own files.
+        if not trainer.is_global_zero:
+            return
+        mode = pl_module.hparams.get("prediction_mode") if isinstance(pl_module, TuneloopModule) else None
+        ckpt = str(trainer.ckpt_path) if trainer.ckpt_path else None
+        self._evaluation = evaluations.begin(run_dir(trainer), "test", mode, ckpt, post_fit=self._fitted)
+        self._figures = []
+
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if not isinstance(pl_module, TuneloopModule):
             return
@@ -161,18 +204,20 @@ class RunArtifacts(Callback):
         if not trainer.is_global_zero:
             return
         outputs = [o for rank_outputs in gathered for o in rank_outputs]
-        out = run_dir(trainer)
-        write_jsonl(out / "predictions.jsonl", _dedupe(pl_module.prediction_records(outputs)))
-        log_images(trainer, pl_module.save_figures("test", outputs, out / "plots"))
+        evaluation = self._evaluation
+        write_jsonl(evaluation.predictions, _dedupe(pl_module.prediction_records(outputs)))
+        self._figures = pl_module.save_figures("test", outputs, evaluation.plots)
+        log_images(trainer, self._figures)
 
     def on_test_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
         values = _floats(trainer.callback_metrics, prefix="test/")
-        ckpt = trainer.ckpt_path
-        update_metrics_file(run_dir(trainer) / "metrics.json", "test",
-                            {"metrics": values, "checkpoint": str(ckpt) if ckpt else None})
-        log.info(f"test metrics, predictions and plots written to {run_dir(trainer)}")
+        restored = (pl_module.restored_from if isinstance(pl_module, TuneloopModule) else None) or {}
+        step = trainer.global_step if self._evaluation.checkpoint is None else restored.get("global_step")
+        evaluations.record(self._evaluation, values, step, self._figures)
+        log.info(f"test metrics, predictions and plots ({self._evaluation.name}) written to "
+                 f"{self._evaluation.directory}")
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -247,20 +292,61 @@ class AdapterExport(Callback):
 
 class PredictionWriter(BasePredictionWriter):
     """``tuneloop predict`` writes ``predictions.predict.jsonl`` (one row per record) into the run directory,
-    beside the test split's ``predictions.jsonl`` (which it leaves as it is)."""
+    beside the test split's ``predictions.jsonl`` (which it leaves as it is), and reports the latency per record:
+    each predict batch's wall time (``predict_step`` alone, device synchronized) divided by its records, counted
+    once per record, as mean and p95 seconds (``metrics.json["predict"]`` and the final summary). It is batched
+    latency at the recipe's micro batch, not the latency of a request of one record."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="epoch")
+        self._started = 0.0
+        self._per_record: list[float] = []  # seconds, one entry per predicted record of this process
+
+    def on_predict_epoch_start(self, trainer, pl_module) -> None:
+        self._per_record = []
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        _synchronize(pl_module.device)
+        self._started = time.perf_counter()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        _synchronize(pl_module.device)
+        seconds = time.perf_counter() - self._started
+        n = len(pl_module.prediction_records([outputs])) if isinstance(pl_module, TuneloopModule) else 1
+        self._per_record.extend([seconds / n] * n if n else [])
+        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        gathered = gather_objects(trainer, predictions)
+        gathered = gather_objects(trainer, (predictions, self._per_record))
         if not trainer.is_global_zero:
             return
-        outputs = [o for rank_outputs in gathered for o in rank_outputs]
+        outputs = [o for rank_predictions, _ in gathered for o in rank_predictions]
         path = run_dir(trainer) / "predictions.predict.jsonl"
         rows = _dedupe(pl_module.prediction_records(outputs))
         write_jsonl(path, rows)
         log.info(f"wrote {len(rows)} predictions to {path}")
+        latency = latency_summary([s for _, rank_seconds in gathered for s in rank_seconds])
+        ckpt = trainer.ckpt_path
+        update_metrics_file(run_dir(trainer) / "metrics.json", "predict",
+                            {**latency, "checkpoint": str(ckpt) if ckpt else None, "predictions": path.name})
+        print_summary("predict", {f"predict/{k}": v for k, v in latency.items()}, run_dir(trainer))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def latency_summary(seconds: list[float]) -> dict:
+    """Mean and 95th percentile (linear interpolation) of per-record seconds, and how many records."""
+    if not seconds:
+        return {"items": 0, "latency_mean_s": None, "latency_p95_s": None}
+    ordered = sorted(seconds)
+    position = 0.95 * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    p95 = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return {"items": len(ordered), "latency_mean_s": sum(ordered) / len(ordered), "latency_p95_s": p95}
 
 
 def print_summary(stage: str, values: dict[str, float | None], out: Path) -> None:
@@ -277,7 +363,7 @@ def print_summary(stage: str, values: dict[str, float | None], out: Path) -> Non
     for key, value in values.items():
         if "/baseline_" in key or key.startswith("perf/"):
             continue
-        row = [key, "nan" if value is None else f"{value:.4f}"]
+        row = [key, "nan" if value is None else str(value) if isinstance(value, int) else f"{value:.4f}"]
         if base:
             b = base.get(key)
             row.append("" if b is None else f"{b:.4f}")

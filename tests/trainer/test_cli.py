@@ -170,16 +170,21 @@ def test_intent_recipe_test_and_predict_in_both_prediction_modes(tmp_path):
     for mode in ("generate", "rank"):
         TuneloopCLI(args=["test", *base, ckpt, "--trainer.limit_test_batches=2",
                           f"--model.init_args.prediction_mode={mode}"])
-        metrics = json.loads((run / "metrics.json").read_text())["test"]["metrics"]
+        # The first test is the run's own (top level); the rank re-test keeps its own results beside it.
+        out = run if mode == "generate" else run / "evaluations" / "test-rank-last"
+        recorded = json.loads((run / "metrics.json").read_text())
+        metrics = (recorded["test"] if mode == "generate" else recorded["evaluations"]["test-rank-last"])["metrics"]
         assert {"test/accuracy", "test/f1_macro", "test/f1_micro", "test/precision_macro", "test/recall_micro",
                 "test/unknown_rate", "test/loss", "test/perplexity"} <= set(metrics)
-        rows = [json.loads(l) for l in (run / "predictions.jsonl").read_text().splitlines()]
+        rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
         assert len(rows) == 8 and all(r["target"] in labels for r in rows)
         allowed = labels if mode == "rank" else labels | {"unknown"}
         assert all(r["pred"] in allowed for r in rows), mode
         if mode == "rank":
             assert metrics["test/unknown_rate"] == 0.0
-        assert (run / "plots" / "test_confusion_matrix.png").exists() and (run / "per_label.json").exists()
+        assert (out / "plots" / "test_confusion_matrix.png").exists() and (out / "per_label.json").exists()
+    # Both evaluations are listed, and the generate-mode results were not overwritten by the rank re-test.
+    assert {"test-generate-last", "test-rank-last"} <= set(json.loads((run / "metrics.json").read_text())["evaluations"])
     TuneloopCLI(args=["predict", *base, ckpt, "--trainer.limit_predict_batches=1",
                       "--model.init_args.prediction_mode=rank"])
     rows = [json.loads(l) for l in (run / "predictions.predict.jsonl").read_text().splitlines()]

@@ -7,9 +7,10 @@ Records (JSONL, CSV or Parquet; one per line):
   optional       ``id``, ``scenario``, ``type`` (QA type ``A``-``D``), ``alert`` (true/false: the correct alert
                  decision, used for evaluation), ``review`` (``pending``/``accepted``/``edited``/``rejected``).
 
-Every record is checked before training: a missing or unreadable image, an unsupported image mode, an empty
-answer, an unknown type or review value is a :class:`~datamodules.records.RecordError` naming file, line and
-field. Images are opened lazily (headers when samples are tokenized, pixels when a batch is built).
+Every record is checked before training: a missing or unreadable image, an unsupported image mode, an image the
+model's processor cannot use (too small, or too long and thin), an empty answer, an unknown type or review value
+is a :class:`~datamodules.records.RecordError` naming file, line and field. Images are opened lazily (headers
+when samples are tokenized, pixels when a batch is built).
 
 The loss is on assistant answers only: system text, user text, chat markup and image tokens are masked.
 A sample longer than ``cutoff_len`` is never cut (a cut inside the image tokens would break the model's
@@ -26,7 +27,7 @@ from typing import Literal
 from torch.utils.data import Dataset
 
 from datamodules.base import TuneloopDataModule
-from datamodules.records import RecordError, RecordFile, load_record_file
+from datamodules.records import DataConfigError, RecordError, RecordFile, load_record_file
 from datamodules.templates import Segment, chat_segments, check_messages, loss_token_count, tokenize_segments
 from datamodules.batch import BatchSpec
 from datamodules.collate import pad_causal
@@ -189,6 +190,9 @@ class VisionInstructionDataModule(TuneloopDataModule):
                 sizes.append(check_image(base / image))
             except ValueError as e:
                 raise rf.error(i, "image", str(e)) from None
+            problem = self.processor.size_problem(*sizes[-1], self.min_pixels, self.max_pixels)
+            if problem:
+                raise rf.error(i, "image", f"{image} is {problem}")
             if record.get("messages"):
                 check_messages(rf, i, record["messages"], need_user="to attach the image to")
                 if need_answers and record["messages"][-1]["role"] != "assistant":
@@ -252,6 +256,7 @@ class VisionInstructionDataModule(TuneloopDataModule):
         return VisionDataset(ds)
 
     def setup(self, stage: str) -> None:
+        stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn
         self.tokenizer = self.processor.tokenizer
         self.collate_fn = VisionCollator(self.processor, self.min_pixels, self.max_pixels)
         needed = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}[stage]
@@ -260,7 +265,7 @@ class VisionInstructionDataModule(TuneloopDataModule):
                 continue
             if not self.files[split]:
                 name = "predict_file (or data.test_file)" if split == "predict" else f"{split}_file"
-                raise ValueError(f"data.{name} is required to {stage}")
+                raise DataConfigError(f"data.{name} is required to {stage}")
             self.splits[split] = self._prepare(split, need_answers=split != "predict")
 
     def prompt_spec(self) -> dict:

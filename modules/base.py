@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
 
 
+class DataModuleMismatch(TypeError):
+    """The recipe pairs a task module with a DataModule it cannot read (a config mistake, reported in one line)."""
+
+
 @runtime_checkable
 class PromptLayout(Protocol):
     """A DataModule whose records become text prompts: it describes the layout for ``prompt.json``."""
@@ -129,8 +133,9 @@ class TuneloopModule(pl.LightningModule):
         if not isinstance(dm, protocol):
             missing = [n for n in protocol.__annotations__ if not hasattr(dm, n)] + [
                 n for n in vars(protocol) if callable(vars(protocol)[n]) and not n.startswith("_") and not hasattr(dm, n)]
-            raise TypeError(f"{type(self).__name__} needs a DataModule such as {class_path} (data.class_path); got "
-                            f"{type(dm).__name__ if dm is not None else 'none'}, which lacks {', '.join(missing)}")
+            got = type(dm).__name__ if dm is not None else "none"
+            raise DataModuleMismatch(f"{type(self).__name__} needs a DataModule such as {class_path} "
+                                     f"(data.class_path); got {got}, which lacks {', '.join(missing)}")
         return dm
 
     def on_test_epoch_start(self) -> None:

@@ -24,6 +24,8 @@ from modules.backbone import BackboneSpec, load_tokenizer, resolve_path
 
 SPECIAL_TOKENS_FILE = "special_tokens.json"  # in a VLM's configs/models/<name>/ directory
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# transformers' ``smart_resize`` (Qwen2-VL family) refuses an image whose long side is over 200 times its short side.
+MAX_ASPECT_RATIO = 200
 
 
 def image_backend() -> str:
@@ -71,6 +73,28 @@ class VisionProcessor:
         patches = self.image_processor.get_number_of_image_patches(
             height, width, {"min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]})
         return int(patches) // self.merge_size**2
+
+    def size_problem(self, width: int, height: int, min_pixels: int | None = None,
+                     max_pixels: int | None = None) -> str | None:
+        """Why the image processor cannot use a ``width`` x ``height`` image (``None`` when it can): an aspect ratio
+        over :data:`MAX_ASPECT_RATIO`, or a side shorter than one merged patch (``patch_size x merge_size`` pixels,
+        28 for Qwen2-VL: less than one image token's worth of pixels, which the processor would blow up to its
+        minimum size without a word)."""
+        patch = int(getattr(self.image_processor, "patch_size", 1) or 1)
+        side = patch * self.merge_size
+        ratio = max(width, height) / max(min(width, height), 1)
+        size = f"{width}x{height} pixels"
+        if ratio > MAX_ASPECT_RATIO:
+            return (f"{size}: aspect ratio {ratio:.0f}:1 is over the image processor's limit of {MAX_ASPECT_RATIO}:1; "
+                    "crop or pad the image")
+        if min(width, height) < side:
+            return (f"{size}: smaller than the image processor's minimum of {side} pixels per side (patch_size "
+                    f"{patch} x merge_size {self.merge_size}); use a larger image")
+        try:
+            self.num_image_tokens(width, height, min_pixels, max_pixels)
+        except ValueError as e:  # another limit of this image processor
+            return f"{size}: the image processor refuses it ({e})"
+        return None
 
     def preprocess(self, images: list, min_pixels: int | None = None, max_pixels: int | None = None) -> dict:
         """``pixel_values`` (all patches of all images, concatenated) and ``image_grid_thw`` (images, 3)."""

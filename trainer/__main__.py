@@ -2,7 +2,8 @@
 
 Lightning subcommands (fit, validate, test, predict) go to the Lightning CLI; tuneloop's own commands
 (cv, ...) to their modules. Heavy libraries load only inside the branch that needs them, so the top-level
-``--help`` is instant.
+``--help`` is instant. A user's mistake (see ``trainer/errors.py``) ends every command the same way: one
+block on stderr, exit code 2, the traceback only with ``--debug`` or ``TUNELOOP_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import sys
 LIGHTNING_COMMANDS = {
     "fit": "Train a model (stack configs with -c; add --print_config to see the resolved config).",
     "validate": "Evaluate on the validation split.",
-    "test": "Evaluate on the test split; writes metrics.json, predictions.jsonl and plots to the run dir.",
+    "test": "Evaluate on the test split: metrics.json, predictions.jsonl and plots in the run dir (a re-test: evaluations/<name>/).",
     "predict": "Predict the data's predict file (default: test file); writes predictions.predict.jsonl.",
 }
 TUNELOOP_COMMANDS = {
     "cv": "K-fold cross-validation of a recipe: one fit per fold, then a per-fold/mean ± std table.",
     "merge": "Merge a LoRA adapter into its base model (merge_and_unload) and save safetensors.",
     "compare": "Base vs tuned: generate answers, judge them 1-5, summarize with paired statistics; alerts: "
-               "alert-decision metrics of prediction files side by side.",
+               "alert-decision metrics of prediction files side by side; runs: metrics of finished runs side by "
+               "side, with differences.",
     "plan": "Parameters (exactly, on the meta device) and per-GPU memory of a recipe for every strategy.",
 }
 # tuneloop's own commands: module with a main(argv) each.
@@ -33,7 +35,8 @@ One scaling-aware fine-tuning loop on PyTorch Lightning.
 commands:
 {commands}
 
-options for every command: --quiet (warnings and errors only), -v/--verbose (debug messages).
+options for every command: --quiet (warnings and errors only), -v/--verbose (debug messages),
+  --debug (a mistake in the data or config prints its traceback too; also TUNELOOP_DEBUG=1).
 Run `tuneloop <command> --help` for the options of a command. Example:
   tuneloop fit -c configs/encoder/waam-multilabel.yaml -c configs/debug.yaml
 """
@@ -42,6 +45,20 @@ Run `tuneloop <command> --help` for the options of a command. Example:
 def main(argv: list[str] | None = None) -> None:
     from_sys_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    from trainer.errors import global_rank, pop_debug, report
+
+    debug, argv = pop_debug(argv, dict(os.environ))
+    command = next((a for a in argv if not a.startswith("-")), "")  # flags such as --quiet may come first
+    try:
+        _run(argv, from_sys_argv)
+    except BaseException as error:  # noqa: BLE001 - user errors become one block; everything else re-raises
+        code = report(error, command, debug, global_rank(dict(os.environ)))
+        if code is None:
+            raise
+        raise SystemExit(code) from None
+
+
+def _run(argv: list[str], from_sys_argv: bool) -> None:
     from trainer.logs import pop_verbosity, setup_logging
 
     verbosity, argv = pop_verbosity(argv)
@@ -60,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if command not in LIGHTNING_COMMANDS:
         print(f"tuneloop: unknown command {command!r}\n", file=sys.stderr)
-        main(["--help"])
+        _run(["--help"], from_sys_argv)
         raise SystemExit(2)
     from trainer.cli import run_cli
 

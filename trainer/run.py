@@ -1,13 +1,39 @@
-"""The run directory: ``runs/<experiment>/<version>/`` and how every process agrees on it."""
+"""The run directory: ``runs/<experiment>/<version>/``, how every process agrees on it, and how runs never
+overwrite each other.
+
+``fit`` refuses a directory that holds an earlier run unless it resumes that run (``--ckpt_path`` inside it, or
+``last``) or ``run.overwrite`` is set; a checkpoint is checked before anything is built or written; and a
+start that fails before training leaves the directory as it found it (:class:`RunDirGuard`).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import time
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 VERSION_ENV = "TUNELOOP_RUN_VERSION"
+LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
+
+
+class RunDirError(ValueError):
+    """``fit`` was pointed at a directory that holds an earlier run, and it is no resume of that run."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class CheckpointError(ValueError):
+    """``--ckpt_path`` names no complete checkpoint (missing, empty, truncated, not a checkpoint)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclass
@@ -21,6 +47,10 @@ class RunSpec:
         root: Root directory of all runs.
         project: Weights & Biases project.
         test_after_fit: After ``fit``, run ``test`` on the best checkpoint (needs ``data.test_file``).
+        overwrite: Let ``fit`` replace a run directory that holds an earlier run (an existing ``version``). The
+            earlier run is moved aside while the new one runs, put back if the new one fails before its first
+            optimizer step, and deleted when the command ends otherwise. Without it such a ``fit`` stops, unless
+            it resumes that run (``--ckpt_path`` inside it, or ``last``).
     """
 
     experiment: str = "default"
@@ -28,6 +58,7 @@ class RunSpec:
     root: str = "runs"
     project: str = "tuneloop"
     test_after_fit: bool = False
+    overwrite: bool = False
 
 
 def resolve_version(requested: str | None, root: Path, env: dict[str, str]) -> str:
@@ -66,3 +97,134 @@ def run_dir_from_checkpoint(ckpt_path: str | None) -> Path | None:
 def publish_version(version: str) -> None:
     """Make the version visible to processes this one launches (DDP children)."""
     os.environ[VERSION_ENV] = version
+
+
+def is_launch_leader(env: dict[str, str]) -> bool:
+    """Whether this process is global rank zero of its launch (the one that checks and cleans the run directory):
+    torchrun's ``RANK``, SLURM's ``SLURM_PROCID``, and ``LOCAL_RANK`` of the processes Lightning launches."""
+    return all(int(env.get(key) or 0) == 0 for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"))
+
+
+def check_checkpoint(ckpt_path: str | None) -> None:
+    """Refuse a missing, empty or truncated checkpoint file before anything is built or written. Lightning's
+    names (``best``, ``last``...), remote URLs and directories (sharded and DeepSpeed checkpoints) are left to
+    Lightning."""
+    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES or "://" in ckpt_path:
+        return
+    path = Path(ckpt_path)
+    if path.is_dir():
+        return
+    hint = "pick another checkpoint of the run (checkpoints/last.ckpt or best-*.ckpt); an interrupted copy or " \
+           "save leaves a short file"
+    if not path.exists():
+        raise CheckpointError(f"--ckpt_path {path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"--ckpt_path {path}: the file is empty (0 bytes)", hint)
+    with path.open("rb") as f:
+        head = f.read(2)
+    if head == b"PK":  # torch.save's zip format: its directory is at the very end, so a cut file has none
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"--ckpt_path {path}: truncated checkpoint ({size} bytes, the end of the file is "
+                                  "missing)", hint)
+    elif head[:1] != b"\x80":  # nor a legacy (pickle) checkpoint
+        raise CheckpointError(f"--ckpt_path {path}: not a PyTorch checkpoint (it starts with {head!r})", hint)
+
+
+def _holds_files(directory: Path) -> bool:
+    return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))
+
+
+def _inside(ckpt_path: str | None, directory: Path) -> bool:
+    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES or "://" in ckpt_path:
+        return False
+    return directory.resolve() in Path(ckpt_path).resolve().parents
+
+
+def check_fit_target(out: Path, ckpt_path: str | None, overwrite: bool) -> None:
+    """``fit`` into ``out``: fine when it is new or empty, a resume of the run in it, or ``overwrite`` is set;
+    else :class:`RunDirError`."""
+    if overwrite or not _holds_files(out) or ckpt_path == "last" or _inside(ckpt_path, out):
+        return
+    found = ", ".join(sorted(p.name for p in out.iterdir())[:6])
+    raise RunDirError(f"run directory {out} already holds a run ({found}); fit never writes over another run",
+                      f"choose another --run.version (or leave it out for a new one), resume that run with "
+                      f"--ckpt_path {out / 'checkpoints' / 'last.ckpt'}, or replace it with --run.overwrite=true")
+
+
+KEEP_BYTES = 1 << 20  # files up to this size are kept in memory and restored after a failed start (configs, metrics)
+
+
+@dataclass
+class RunDirGuard:
+    """What a run directory held before this launch, so that a start which fails before training leaves it as it
+    was: what the launch added is removed (the directory and its new parents too when the launch made them), small
+    files it rewrote (``config.yaml``, ``metrics.json``...) get their bytes back, and an earlier run that
+    ``run.overwrite`` moved aside is put back. Used on global rank zero only.
+
+    Attributes:
+        out: The run directory.
+        before: Paths (relative to ``out``) that existed before the launch.
+        kept: The bytes of its files up to :data:`KEEP_BYTES` (checkpoints are larger, and a start never writes them).
+        made: The directories the launch may create: ``out`` and its parents that did not exist.
+        replaced: Where ``run.overwrite`` moved the earlier run (deleted by :meth:`close`).
+    """
+
+    out: Path
+    before: set[str] = field(default_factory=set)
+    kept: dict[str, bytes] = field(default_factory=dict)
+    made: list[Path] = field(default_factory=list)
+    replaced: Path | None = None
+
+    @classmethod
+    def open(cls, out: Path, overwrite: bool = False) -> "RunDirGuard":
+        """Snapshot ``out``; with ``overwrite``, first move an earlier run in it aside
+        (``.<version>.replaced-<pid>``)."""
+        replaced = None
+        if overwrite and _holds_files(out):
+            replaced = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            out.rename(replaced)
+        made = [p for p in (out, *out.parents) if not p.exists()]
+        paths = list(out.rglob("*")) if out.is_dir() else []
+        small = [p for p in paths if p.is_file() and p.stat().st_size <= KEEP_BYTES]
+        kept = {str(p.relative_to(out)): p.read_bytes() for p in small}
+        return cls(out, {str(p.relative_to(out)) for p in paths}, kept, made, replaced)
+
+    def failed(self, started: bool) -> None:
+        """After an exception. ``started``: training had begun, so what it wrote stays and replaces the earlier run."""
+        if started:
+            self.close()
+            return
+        _finish_wandb()
+        if self.out in self.made:
+            shutil.rmtree(self.out, ignore_errors=True)
+        elif self.out.is_dir():
+            added = sorted((p for p in self.out.rglob("*") if str(p.relative_to(self.out)) not in self.before),
+                           key=lambda p: len(p.parts), reverse=True)
+            for path in added:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            for name, data in self.kept.items():
+                path = self.out / name
+                if not path.is_file() or path.read_bytes() != data:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
+        for parent in self.made[1:]:
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+        if self.replaced is not None:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.replaced.rename(self.out)
+            self.replaced = None
+
+    def close(self) -> None:
+        """The command ended after training began (or without failing): the run ``run.overwrite`` moved aside goes."""
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
+
+def _finish_wandb() -> None:
+    """End a W&B run this process started (its files are about to be removed); nothing when W&B is not in use."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1)

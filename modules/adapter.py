@@ -10,6 +10,8 @@ prompt layout. A module holds one and calls it from its Lightning hooks.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -108,9 +110,22 @@ class AdapterBackbone:
                     state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
         if not trainer.is_global_zero:
             return None
-        path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path, state_dict=state)
-        self.preprocessing.save_pretrained(path)
+        # Written whole into <dir>.tmp, then swapped in: a kill mid-export leaves the previous export (or, between
+        # the two renames, <dir>.old) loadable, never half an adapter.
+        tmp, old = path.with_name(f"{path.name}.tmp"), path.with_name(f"{path.name}.old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, state_dict=state)
+        self.preprocessing.save_pretrained(tmp)
         if prompt is not None:
-            (path / "prompt.json").write_text(json.dumps(prompt, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            (tmp / "prompt.json").write_text(json.dumps(prompt, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as f:
+                    os.fsync(f.fileno())
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
         return path

@@ -18,6 +18,8 @@ deviation (head buffers, so a checkpoint predicts in original units on its own).
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -28,9 +30,11 @@ from torchmetrics import MetricCollection
 
 from modules.backbone import BackboneSpec, LoraSpec, apply_lora, build_model, load_tokenizer
 from modules.base import OptimizerCallable, TuneloopModule, default_optimizer
-from modules.heads import EncoderHead, head_class
+from modules.heads import EncoderHead, NonFiniteRows, head_class
 from modules.metrics import compute_and_reset
 from modules.optim import SchedulerSpec
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -91,6 +95,8 @@ class EncoderModule(TuneloopModule):
         self.head: EncoderHead | None = None
         # The head's metrics per split ("val", "test"), their keys prefixed "val/", "test/".
         self.split_metrics = nn.ModuleDict()
+        # Records with non-finite predictions per split: any makes the split's metrics nan (a diverged model).
+        self.split_nonfinite = nn.ModuleDict({"val": NonFiniteRows(), "test": NonFiniteRows()})
         # Label-frequency baseline on validation (report_baseline, when fitting): metrics and the prediction row.
         self.baseline_metrics: MetricCollection | None = None
         self.register_buffer("baseline_row", None, persistent=False)
@@ -160,15 +166,16 @@ class EncoderModule(TuneloopModule):
         out = self(batch)
         n = len(batch["id"])
         self.log("val/loss", self.head.loss(out, batch["labels"]), prog_bar=True, sync_dist=True, batch_size=n)
-        target = self.head.metric_target(batch["labels"])
-        self.split_metrics["val"].update(self.predictions(out), target)
+        target, preds = self.head.metric_target(batch["labels"]), self.predictions(out)
+        self.split_metrics["val"].update(preds, target)
+        self.split_nonfinite["val"].update(preds)
         if self.baseline_metrics is not None:
             # The same prediction for every record.
             self.baseline_metrics.update(self.head.baseline_predictions(self.baseline_row, n), target)
 
     def on_validation_epoch_end(self) -> None:
         # compute() syncs metric states across processes; sync_dist then averages identical values (no-op).
-        self.log_dict(compute_and_reset(self.split_metrics["val"]), sync_dist=True)
+        self.log_dict(self._split_values("val"), sync_dist=True)
         if self.baseline_metrics is not None:
             self.log_dict(compute_and_reset(self.baseline_metrics), sync_dist=True)
 
@@ -178,6 +185,7 @@ class EncoderModule(TuneloopModule):
         self.log("test/loss", self.head.loss(out, batch["labels"]), sync_dist=True, batch_size=n)
         preds, target = self.predictions(out), self.head.metric_target(batch["labels"])
         self.split_metrics["test"].update(preds, target)
+        self.split_nonfinite["test"].update(preds)
         self._eval_outputs.append({"id": batch["id"], "pred": preds.cpu(), "target": batch["labels"].cpu()})
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
@@ -187,20 +195,34 @@ class EncoderModule(TuneloopModule):
         return out
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(compute_and_reset(self.split_metrics["test"]), sync_dist=True)
+        self.log_dict(self._split_values("test"), sync_dist=True)
+
+    def _split_values(self, split: str) -> dict[str, float]:
+        """The split's metrics (a collective), all nan when any record's prediction was non-finite."""
+        values = compute_and_reset(self.split_metrics[split])
+        bad = int(compute_and_reset_count(self.split_nonfinite[split]))
+        if bad:
+            log.warning(f"{split}: {bad} records have non-finite model outputs; every {split} metric is reported as nan")
+            values = {key: math.nan for key in values}
+        return values
 
     # ----- artifacts --------------------------------------------------------------------------------
     def prediction_records(self, outputs: list[dict]) -> list[dict]:
-        """One JSON-able row per record from step outputs (``id``, ``pred`` and, when known, ``target``)."""
+        """One JSON-able row per record from step outputs (``id``, ``pred`` and, when known, ``target``); a record
+        whose output is non-finite gets ``"pred": null, "nonfinite": true`` (see ``EncoderHead.prediction_row``)."""
         rows = []
         for out in outputs:
             preds = out["pred"].numpy()
             targets = out["target"].numpy() if "target" in out else None
             for i, rid in enumerate(out["id"]):
-                row = {"id": rid, **self.head.describe_prediction(preds[i])}
+                row = {"id": rid, **self.head.prediction_row(preds[i])}
                 if targets is not None:
                     row.update(self.head.describe_target(targets[i]))
                 rows.append(row)
+        bad = sum(1 for row in rows if row.get("nonfinite"))
+        if bad:
+            log.warning(f"{bad} of {len(rows)} predictions are non-finite (a diverged model): written as pred null, "
+                        "nonfinite true")
         return rows
 
     def save_figures(self, stage: str, outputs: list[dict], out_dir: Path) -> list[Path]:
@@ -210,6 +232,14 @@ class EncoderModule(TuneloopModule):
         preds = np.concatenate([o["pred"].numpy() for o in outputs])
         targets = np.concatenate([o["target"].numpy() for o in outputs])
         return self.head.figures(stage, preds, targets, out_dir)
+
+
+def compute_and_reset_count(metric: NonFiniteRows) -> int:
+    """``metric.compute()`` as an int (a collective), then ``metric.reset()``."""
+    try:
+        return int(metric.compute())
+    finally:
+        metric.reset()
 
 
 def frequency_baseline(task: str, train_targets: np.ndarray, num_outputs: int) -> torch.Tensor:

@@ -27,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 
 from modules.metrics import build_metrics
 
 PosWeight = Literal["auto"] | list[float] | None
 
-__all__ = ["HEADS", "BinaryHead", "EncoderHead", "MultiClassHead", "MultiLabelHead", "RegressionHead",
-           "head_class", "positive_weight"]
+__all__ = ["HEADS", "BinaryHead", "EncoderHead", "MultiClassHead", "MultiLabelHead", "NonFiniteRows",
+           "RegressionHead", "head_class", "positive_weight"]
 
 
 class EncoderHead(nn.Module):
@@ -99,6 +99,14 @@ class EncoderHead(nn.Module):
     def describe_target(self, value: np.ndarray) -> dict:
         """JSON field ``target`` of one record's encoded target."""
         return {"target": self.label_names[int(value)]}
+
+    def prediction_row(self, value: np.ndarray) -> dict:
+        """:meth:`describe_prediction` of a finite output. A non-finite one (a diverged model) is marked, never
+        written as a number or silently thresholded (``nan > t`` is False: an all-nan multi-label model would
+        "predict" empty label sets): ``{"pred": None, "nonfinite": True}``."""
+        if not np.isfinite(value).all():
+            return {"pred": None, "nonfinite": True}
+        return self.describe_prediction(value)
 
     def figures(self, stage: str, preds: np.ndarray, targets: np.ndarray, out_dir: Path) -> list[Path]:
         """PNG figures of a split's predictions (as :meth:`predict` gives them) against its targets."""
@@ -283,6 +291,24 @@ class RegressionHead(EncoderHead):
         # (N, T) also for one target
         return [plots.parity_plot(targets.reshape(len(targets), -1), preds.reshape(len(preds), -1),
                                   self.label_names, out_dir / f"{stage}_parity.png")]
+
+
+class NonFiniteRows(Metric):
+    """Records whose prediction (batch, ...) holds a non-finite value, summed over processes. The encoder
+    reports every metric of a split with such records as nan: torchmetrics would threshold nan as negative
+    and score a diverged model like a healthy one."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor) -> None:
+        self.count += (~torch.isfinite(preds.reshape(len(preds), -1))).any(-1).sum()
+
+    def compute(self) -> Tensor:
+        return self.count
 
 
 HEADS: dict[str, type[EncoderHead]] = {

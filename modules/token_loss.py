@@ -130,7 +130,11 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 
 class TokenMeanNLL(Metric):
     """Evaluation loss as one token mean over the whole split (all batches, all processes): summed NLL and
-    token counts are accumulated and divided once, so batch size and world size do not weight tokens."""
+    token counts are accumulated and divided once, so batch size and world size do not weight tokens.
+
+    A non-finite NLL (a diverged model) is never dropped nor averaged away: the states are plain sums (no
+    torchmetrics ``nan_strategy``, whose aggregators drop nan with a warning), and a split with any non-finite
+    batch reports nan (inf when every bad batch is inf) as its loss and perplexity, never 0.0 and 1.0."""
 
     full_state_update = False
 
@@ -138,16 +142,33 @@ class TokenMeanNLL(Metric):
         super().__init__()
         self.add_state("nll", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("tokens", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        # Batches whose summed NLL was nan / +-inf: counted apart, so that no later arithmetic can hide them.
+        self.add_state("nan_batches", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("inf_batches", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, nll: torch.Tensor, tokens: torch.Tensor) -> None:
-        self.nll += nll.detach().to(self.nll.dtype)
-        self.tokens += tokens.detach().to(self.tokens.dtype)
+        nll = nll.detach().to(self.nll.dtype)
+        self.nan_batches += torch.isnan(nll).sum()
+        self.inf_batches += torch.isinf(nll).sum()
+        self.nll += nll.sum()
+        self.tokens += tokens.detach().to(self.tokens.dtype).sum()
 
     def compute(self) -> torch.Tensor:
+        if self.nan_batches > 0:
+            return torch.tensor(math.nan)
+        if self.inf_batches > 0:
+            return torch.tensor(math.inf)
         return self.nll / self.tokens.clamp(min=1)
 
     def log_to(self, module, split: str) -> None:
         """Log ``<split>/loss`` and ``<split>/perplexity`` from the accumulated tokens, then reset."""
         loss = self.compute().item()
         self.reset()
-        module.log_dict({f"{split}/loss": loss, f"{split}/perplexity": math.exp(min(loss, 50.0))}, sync_dist=True)
+        module.log_dict({f"{split}/loss": loss, f"{split}/perplexity": perplexity(loss)}, sync_dist=True)
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)``, capped at ``exp(50)`` for a finite loss; nan and inf stay nan and inf."""
+    if not math.isfinite(loss):
+        return loss
+    return math.exp(min(loss, 50.0))

@@ -20,9 +20,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from datamodules.base import TuneloopDataModule
 from modules.base import TuneloopModule
 from trainer.callbacks import AdapterExport, PredictionWriter, RunArtifacts, best_checkpoint
+from trainer.resume import FinalLastCheckpoint, ResumeState
 from trainer.progress import progress_bar
 from trainer.loggers import wandb_logger_config, wandb_offline
-from trainer.run import RunSpec, publish_version, resolve_version, run_dir_from_checkpoint
+from trainer.run import (RunDirGuard, RunSpec, check_checkpoint, check_fit_target, is_launch_leader, publish_version,
+                         resolve_version, run_dir_from_checkpoint)
 from datamodules.batch import BatchSizeError
 from trainer.logs import ensure_logging
 
@@ -55,7 +57,19 @@ class TuneloopCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True):
         self._ckpt_run_dir: Path | None = None  # the run directory of --ckpt_path (before_instantiate_classes)
         self._strategy: dict | str | None = None  # the strategy preset's Trainer value, if one is named
+        self._run_guard: RunDirGuard | None = None  # rank zero: undoes a failed start (before_instantiate_classes)
         ensure_logging()
+        try:
+            self._init_cli(args, run)
+        except BaseException:
+            if self._run_guard is not None:  # a start that fails before training leaves the run directory as it was
+                trainer = getattr(self, "trainer", None)
+                self._run_guard.failed(started=trainer is not None and trainer.global_step > 0)
+            raise
+        if self._run_guard is not None:
+            self._run_guard.close()
+
+    def _init_cli(self, args, run: bool) -> None:
         super().__init__(
             model_class=TuneloopModule,
             datamodule_class=TuneloopDataModule,
@@ -84,6 +98,8 @@ class TuneloopCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self._subconfig()
         run = cfg.run
+        if cfg.get("ckpt_path") == "last":
+            cfg.ckpt_path = newest_checkpoint(run, dict(os.environ))
         self._ckpt_run_dir = run_dir_from_checkpoint(cfg.get("ckpt_path"))
         from_ckpt = self._ckpt_run_dir if self.subcommand not in (None, "fit") else None
         if run.version is None and from_ckpt is not None:
@@ -92,6 +108,12 @@ class TuneloopCLI(LightningCLI):
             root = Path(run.root) / run.experiment
             version = resolve_version(run.version, root, dict(os.environ))
             out = root / version
+        check_checkpoint(cfg.get("ckpt_path"))  # before anything is built or written
+        if is_launch_leader(dict(os.environ)):
+            fit = self.subcommand in (None, "fit")
+            if fit:
+                check_fit_target(out, cfg.get("ckpt_path"), run.overwrite)
+            self._run_guard = RunDirGuard.open(out, overwrite=fit and run.overwrite)
         publish_version(version)
         run.version = version
         cfg.trainer.default_root_dir = str(out)
@@ -104,8 +126,12 @@ class TuneloopCLI(LightningCLI):
                 "set data.batch.global_batch_size instead"
             )
         self._strategy = self._apply_strategy_preset(cfg)
-        callbacks = [RunArtifacts(), PredictionWriter(), AdapterExport()]
+        callbacks = [RunArtifacts(), PredictionWriter(), AdapterExport(), ResumeState(), FinalLastCheckpoint()]
         user_callbacks = cfg.trainer.callbacks or []
+        from trainer.guards import NonFiniteGuard  # a guard the config names (its policy) replaces the default
+
+        if not any(issubclass(_callback_class(c), NonFiniteGuard) for c in user_callbacks):
+            callbacks.insert(1, NonFiniteGuard())  # before AdapterExport: a fit it fails at the end exports nothing
         has_bar = any(issubclass(_callback_class(c), ProgressBar) for c in user_callbacks)
         if cfg.trainer.enable_progress_bar is not False and not has_bar:
             callbacks.append(progress_bar())
@@ -151,8 +177,14 @@ class TuneloopCLI(LightningCLI):
         if strategy is not None:
             from lightning.pytorch.cli import instantiate_class
 
+            from trainer.strategies import collective_timeout, with_fault_handling
+
+            strategy = with_fault_handling(strategy, collective_timeout(dict(os.environ)))  # bounded collectives
             kwargs["strategy"] = instantiate_class((), strategy) if isinstance(strategy, dict) else strategy
         trainer = super().instantiate_trainer(**kwargs)
+        from trainer.checkpoint_io import use_atomic_checkpoints
+
+        use_atomic_checkpoints(trainer)  # checkpoints written atomically, loaded with weights_only=True
         if isinstance(self.datamodule, TuneloopDataModule):
             trainer.accumulate_grad_batches = self.datamodule.batch.accumulation(trainer.world_size)
         for cb in trainer.checkpoint_callbacks:
@@ -173,6 +205,25 @@ class TuneloopCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
         elif best and isinstance(self.model, TuneloopModule) and self.model.has_adapter:
             self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)
+
+
+def newest_checkpoint(run: Namespace, env: dict[str, str]) -> str:
+    """What ``--ckpt_path last`` names: the newest checkpoint (by modification time; ``last.ckpt`` where the
+    recipe saves one) of the run being resumed: ``--run.version``, or the launcher's job id (torchrun's run id,
+    a requeued SLURM job). Without such a run, or in a run without checkpoints, it stops: ``last`` never
+    starts from scratch."""
+    from trainer.run import CheckpointError
+
+    root = Path(run.root) / run.experiment
+    version = run.version or resolve_version(None, root, env)  # a new version when no launcher names one
+    directory = root / version / "checkpoints"
+    if not run.version and not directory.parent.exists():
+        raise CheckpointError("--ckpt_path last: no run to resume; pass --run.version or a checkpoint path")
+    found = sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    if not found:
+        raise CheckpointError(f"--ckpt_path last: no checkpoint in {directory} to resume",
+                              "pass a checkpoint path, or leave --ckpt_path out to start a new fit")
+    return str(found[-1])
 
 
 def _callback_class(callback) -> type:

@@ -1,4 +1,9 @@
-"""Experiment tracking: Weights & Biases by default, offline when there is no API key."""
+"""Experiment tracking: Weights & Biases by default, offline when there is no API key.
+
+The key is W&B's own business: it reads ``WANDB_API_KEY`` (or ``~/.netrc`` after ``wandb login``) itself. tuneloop
+only asks whether one exists and never passes it on, so it cannot reach a config, a checkpoint, the logged
+hyperparameters or the run directory (``tests/trainer/test_secrets.py`` searches every file a run writes).
+"""
 
 from __future__ import annotations
 

@@ -14,7 +14,10 @@ deepspeed_zero3_offload     ZeRO-3 with optimizer states and parameters on CPU m
 =========================== ============================================================ ========
 
 Micro batch, accumulation (derived from the recipe's global batch), gradient clipping and precision come
-from the recipe and the Trainer, so every preset runs the same optimization. The DeepSpeed presets use
+from the recipe and the Trainer, so every preset runs the same optimization. Every preset's process group has
+a bounded collective timeout (``TUNELOOP_COLLECTIVE_TIMEOUT`` seconds, default 1800: see
+:func:`collective_timeout`), and ``ddp``/``fsdp`` report which rank failed and never leave a rank hanging
+(``trainer/faults.py``). The DeepSpeed presets use
 :class:`TuneloopDeepSpeedStrategy`, which fixes the one place where Lightning's DeepSpeed integration does
 not (gradients were divided by the accumulation steps twice).
 """
@@ -25,7 +28,8 @@ import weakref
 from datetime import timedelta
 from typing import Any
 
-from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import Tensor, nn
 
 from datamodules.base import TuneloopDataModule
@@ -43,7 +47,91 @@ class StrategyError(ValueError):
     """A preset cannot run as configured; the message says what to use instead."""
 
 
-class FSDP2Strategy(ModelParallelStrategy):
+TIMEOUT_ENV = "TUNELOOP_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+RENDEZVOUS_TIMEOUT = timedelta(minutes=10)  # at least this long for all processes to meet, whatever the timeout
+
+
+def collective_timeout(env: dict[str, str]) -> timedelta:
+    """How long a collective may wait for a silent peer before it fails: ``TUNELOOP_COLLECTIVE_TIMEOUT`` seconds
+    (read from ``env`` by the CLI), default 30 minutes (torch's default; long enough for a rank-0-only save of
+    a large checkpoint while the others wait at a barrier). The first rendezvous of the processes waits at
+    least :data:`RENDEZVOUS_TIMEOUT` (processes start at different times)."""
+    raw = env.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise StrategyError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+def with_fault_handling(value: dict | str, timeout: timedelta) -> dict | str:
+    """A preset's Trainer strategy value (:func:`preset_config`) with the collective ``timeout``; ``ddp`` becomes
+    :class:`TuneloopDDPStrategy` (Lightning's DDP with the failure reporting of ``trainer/faults.py``)."""
+    if value == "ddp":
+        return {"class_path": "trainer.strategies.TuneloopDDPStrategy", "init_args": {"timeout": timeout}}
+    if isinstance(value, dict):
+        return {**value, "init_args": {**value.get("init_args", {}), "timeout": timeout}}
+    return value
+
+
+class FaultReporting:
+    """Strategy mixin (``ddp``, ``fsdp``): a heartbeat in the process group's store, a one-line report naming
+    the failed rank on any exception, and a launcher that ends its local ranks (``trainer/faults.py``)."""
+
+    _heartbeat = None
+
+    def setup_environment(self) -> None:
+        import torch.distributed as dist
+
+        from trainer.faults import Heartbeat
+
+        # Processes start at different times (a launched rank imports everything after rank 0 did): the rendezvous
+        # waits up to RENDEZVOUS_TIMEOUT, then collectives get the configured timeout.
+        collective = self._timeout
+        fresh = dist.is_available() and not dist.is_initialized()
+        if fresh and collective is not None:
+            self._timeout = max(collective, RENDEZVOUS_TIMEOUT)
+        try:
+            super().setup_environment()
+        finally:
+            self._timeout = collective
+        if not (self.world_size > 1 and dist.is_available() and dist.is_initialized()):
+            return
+        if fresh and collective is not None and collective < RENDEZVOUS_TIMEOUT:
+            dist.distributed_c10d._set_pg_timeout(collective)
+        if self._heartbeat is None:
+            self._heartbeat = Heartbeat.start(self.global_rank, self.world_size, collective or DEFAULT_TIMEOUT)
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if type(self._launcher) is _SubprocessScriptLauncher:
+            from trainer.faults import WatchedLauncher
+
+            self._launcher = WatchedLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+    def on_exception(self, exception: BaseException) -> None:
+        super().on_exception(exception)
+        from trainer.faults import report_failure
+
+        report_failure(self, exception)
+
+    def teardown(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        super().teardown()
+
+
+class TuneloopDDPStrategy(FaultReporting, DDPStrategy):
+    """Lightning's ``DDPStrategy`` (the ``ddp`` preset) with :class:`FaultReporting`."""
+
+
+class FSDP2Strategy(FaultReporting, ModelParallelStrategy):
     """FSDP2 over every process: a one-dimensional data-parallel mesh of devices x nodes.
 
     The LightningModule applies ``fully_shard`` in ``configure_model`` (see ``TuneloopModule.shard``).

@@ -1,7 +1,7 @@
 """Encoder tasks (MISSION §4): text records -> tokenized batches with binary, multi-class, multi-label or
 regression targets.
 
-Files (JSONL/CSV/Parquet) load through ``datasets``; tokenization is a ``datasets.map`` and so is cached on
+Files (JSONL/CSV/Parquet/.xlsx) load through ``datasets``; tokenization is a ``datasets.map`` and so is cached on
 disk (a second run with the same file, tokenizer and settings does not re-tokenize). Records are validated
 before anything else and a bad one stops the run with ``file:line: field 'x': ...``.
 """
@@ -15,7 +15,8 @@ import torch
 
 from datamodules.base import TuneloopDataModule
 from datamodules.collate import PadCollator
-from datamodules.records import RecordFile, check_number, check_text, load_record_file, require_fields
+from datamodules.records import (DataConfigError, RecordFile, check_number, check_text, file_format, load_record_file,
+                                 require_fields)
 from datamodules.batch import BatchSpec
 
 Task = Literal["binary", "multiclass", "multilabel", "regression"]
@@ -104,13 +105,35 @@ class MultiClassEncoding(TargetEncoding):
 
 
 class MultiLabelEncoding(TargetEncoding):
-    """One field holding a list of labels: 0/1 rows (N, L), stratified by label set."""
+    """One field holding a list of labels, or text with the labels joined by ``delimiter`` (``porosity|spatter``,
+    as a CSV or spreadsheet column holds them; empty text or an empty cell: no labels): 0/1 rows (N, L),
+    stratified by label set. ``delimiter=None`` accepts lists only."""
 
     task = "multilabel"
 
-    def __init__(self, label_fields: list[str], labels: list[str] | None) -> None:
+    def __init__(self, label_fields: list[str], labels: list[str] | None, delimiter: str | None = "|") -> None:
         super().__init__(label_fields, labels)
         _check_classification(self.task, self.label_fields, self.labels)
+        if delimiter is not None and not delimiter:
+            raise ValueError("data.label_delimiter must be a non-empty string, or null for lists only")
+        self.delimiter = delimiter
+
+    def _names(self, rf: RecordFile, i: int, value) -> list:
+        """The labels of record ``i``: its list, or its text split at the delimiter."""
+        field = self.label_fields[0]
+        if isinstance(value, list):
+            return value
+        if value is None and file_format(rf.path) != "json" and self.delimiter is not None:
+            return []  # an empty CSV/spreadsheet cell
+        if not isinstance(value, str) or self.delimiter is None:
+            how = "" if self.delimiter is None else f" or text joined by {self.delimiter!r}"
+            raise rf.error(i, field, f"expected a list of labels{how}, got {type(value).__name__} {value!r}")
+        if not value.strip():
+            return []
+        names = [name.strip() for name in value.split(self.delimiter)]
+        if "" in names:
+            raise rf.error(i, field, f"empty label in {value!r} (labels are joined by {self.delimiter!r})")
+        return names
 
     def encode(self, rf: RecordFile) -> np.ndarray:
         field = self.label_fields[0]
@@ -118,9 +141,7 @@ class MultiLabelEncoding(TargetEncoding):
         values = rf.dataset[field]
         out = np.zeros((len(values), len(self.labels)), dtype=np.float32)
         for i, value in enumerate(values):
-            if not isinstance(value, list):
-                raise rf.error(i, field, f"expected a list of labels, got {type(value).__name__} {value!r}")
-            for name in value:
+            for name in self._names(rf, i, value):
                 if name not in index:
                     raise rf.error(i, field, f"label {name!r} is not in the declared labels {self.labels}")
                 out[i, index[name]] = 1.0
@@ -187,10 +208,13 @@ TARGET_ENCODINGS: dict[str, type[TargetEncoding]] = {
 }
 
 
-def target_encoding(task: str, label_fields: list[str], labels: list[str] | None) -> TargetEncoding:
-    """The target encoding of ``task``, checked against its fields and labels."""
+def target_encoding(task: str, label_fields: list[str], labels: list[str] | None,
+                    label_delimiter: str | None = "|") -> TargetEncoding:
+    """The target encoding of ``task``, checked against its fields and labels (``label_delimiter``: multilabel)."""
     if task not in TARGET_ENCODINGS:
         raise ValueError(f"unknown encoder task {task!r}; valid tasks: {', '.join(TARGET_ENCODINGS)}")
+    if task == "multilabel":
+        return MultiLabelEncoding(label_fields, labels, label_delimiter)
     return TARGET_ENCODINGS[task](label_fields, labels)
 
 
@@ -200,10 +224,13 @@ class EncoderDataModule(TuneloopDataModule):
     Args:
         task: ``binary`` (one label field with two values), ``multiclass`` (one label field),
             ``multilabel`` (one field holding a list of labels) or ``regression`` (one or more numeric fields).
-        text_fields: Record fields fed to the encoder; several are joined as ``name: value`` lines.
+        text_fields: Record fields fed to the encoder; several are joined as ``name: value`` lines, and a numeric
+            field (``current``, a number) is written ``name: value`` (``current: 182.5``) even alone.
         label_fields: Target field(s). Regression targets are named after their fields.
         labels: The label set of a classification task, in a fixed order (binary: ``[negative, positive]``).
-        train_file: Training records (.jsonl, .csv or .parquet).
+        label_delimiter: Multilabel: a label field given as text (a CSV, Parquet or .xlsx column) is split at this
+            delimiter (``porosity|spatter``; empty: no labels); a list (JSONL) is taken as it is. ``null``: lists only.
+        train_file: Training records (.jsonl, .csv, .parquet, or .xlsx: the first sheet, or ``file.xlsx#Sheet``).
         val_file: Validation records; if unset, ``val_fraction`` of the training file (seeded, stratified).
         test_file: Test records (``tuneloop test``).
         predict_file: Records to predict (``tuneloop predict``); targets optional. Defaults to the test file.
@@ -224,6 +251,7 @@ class EncoderDataModule(TuneloopDataModule):
         text_fields: list[str],
         label_fields: list[str],
         labels: list[str] | None = None,
+        label_delimiter: str | None = "|",
         train_file: str | None = None,
         val_file: str | None = None,
         test_file: str | None = None,
@@ -241,7 +269,7 @@ class EncoderDataModule(TuneloopDataModule):
         super().__init__(batch=batch, num_workers=num_workers, seed=seed)
         if not text_fields:
             raise ValueError("data.text_fields must name at least one field")
-        self.encoding = target_encoding(task, label_fields, labels)
+        self.encoding = target_encoding(task, label_fields, labels, label_delimiter)
         if (num_folds is None) != (fold is None):
             raise ValueError("data.num_folds and data.fold are set together (tuneloop cv sets both)")
         if num_folds is not None and not (num_folds >= 2 and 0 <= fold < num_folds):
@@ -252,6 +280,7 @@ class EncoderDataModule(TuneloopDataModule):
         self.text_fields = list(text_fields)
         self.label_fields = list(label_fields)
         self.labels = list(labels) if labels else None
+        self.label_delimiter = label_delimiter
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file or test_file}
         self.id_field = id_field
         self.val_fraction = val_fraction
@@ -284,21 +313,27 @@ class EncoderDataModule(TuneloopDataModule):
         path = self.files[split]
         rf = load_record_file(path, self.cache_dir)
         has_targets = all(f in rf.dataset.column_names for f in self.label_fields)
-        require_fields(rf, self.text_fields + (self.label_fields if need_targets or has_targets else []))
+        targets_read = need_targets or has_targets
+        # An empty CSV/spreadsheet cell is a multilabel record without labels, not a missing field.
+        may_be_empty = self.task == "multilabel" and self.label_delimiter is not None and file_format(rf.path) != "json"
+        require_fields(rf, self.text_fields + (self.label_fields if targets_read and not may_be_empty else []))
+        if targets_read and may_be_empty and self.label_fields[0] not in rf.dataset.column_names:
+            require_fields(rf, self.label_fields)  # names the missing column
         for field in self.text_fields:
-            check_text(rf, field)
-        targets = self.encoding.encode(rf) if (need_targets or has_targets) else None
+            check_text(rf, field, numbers=True)
+        targets = self.encoding.encode(rf) if targets_read else None
         return rf, targets
 
     def _tokenize(self, rf: RecordFile, targets: np.ndarray | None, split: str):
         tokenizer = self.tokenizer
         text_fields, max_length = self.text_fields, self.max_length
+        numeric = {f for f in text_fields if rf.dataset.features[f].dtype.startswith(("int", "float"))}  # else string
         id_field = self.id_field if self.id_field in rf.dataset.column_names else None
 
         def encode(batch, indices):
-            if len(text_fields) == 1:
+            if len(text_fields) == 1 and text_fields[0] not in numeric:
                 texts = batch[text_fields[0]]
-            else:
+            else:  # several fields, or a number: "name: value" lines
                 texts = ["\n".join(f"{f}: {batch[f][j]}" for f in text_fields) for j in range(len(indices))]
             enc = tokenizer(texts, truncation=True, max_length=max_length)
             enc["id"] = [str(batch[id_field][j]) if id_field else str(i) for j, i in enumerate(indices)]
@@ -336,7 +371,7 @@ class EncoderDataModule(TuneloopDataModule):
         self.collate_fn = PadCollator(self.tokenizer, label_dtype=self.encoding.label_dtype)
         if stage in ("fit", "validate") and "train" not in self.splits:
             if not self.files["train"]:
-                raise ValueError("data.train_file is required to fit or validate")
+                raise DataConfigError("data.train_file is required to fit or validate")
             rf, targets = self._load("train", need_targets=True)
             train_ds = self._tokenize(rf, targets, "train")
             if self.files["val"] and self.num_folds is None:
@@ -355,12 +390,12 @@ class EncoderDataModule(TuneloopDataModule):
             self.target_stats = self.encoding.stats(self._train_targets)
         if stage == "test" and "test" not in self.splits:
             if not self.files["test"]:
-                raise ValueError("data.test_file is required to test")
+                raise DataConfigError("data.test_file is required to test")
             rf, targets = self._load("test", need_targets=True)
             self.splits["test"] = self._tokenize(rf, targets, "test")
         if stage == "predict" and "predict" not in self.splits:
             if not self.files["predict"]:
-                raise ValueError("data.predict_file (or data.test_file) is required to predict")
+                raise DataConfigError("data.predict_file (or data.test_file) is required to predict")
             rf, targets = self._load("predict", need_targets=False)
             self.splits["predict"] = self._tokenize(rf, targets, "predict")
 

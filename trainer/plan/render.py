@@ -44,7 +44,11 @@ def render_text(result: dict, console=None) -> None:
         head.add_row("unquantized", f"{p['unquantized_linear_modules']} Linear modules kept in the compute dtype "
                      f"(skip patterns: {', '.join(sorted(p['quantization_skip_patterns'])) or 'none'})")
     bt = result["batch"]
-    head.add_row("batch", f"global {bt['global_batch_size']} · micro {bt['micro_batch_size']} · seq len "
+    effective = bt["effective_global_batch_size"]
+    rounded = effective not in (None, bt["global_batch_size"])  # rounding: floor
+    head.add_row("batch", f"global {bt['global_batch_size']}"
+                 + (f" [yellow](effective {effective}: rounding floor)[/yellow]" if rounded else "")
+                 + f" · micro {bt['micro_batch_size']} · seq len "
                  f"{bt['seq_len']} ({bt['seq_len_source']})")
     w = result["world"]
     acc = result["accumulation"]

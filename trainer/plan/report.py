@@ -27,10 +27,13 @@ def plan(configs: list[str], gpus: int = 1, nodes: int = 1, gpu_memory: float = 
     recommended = next((s for s in RECOMMEND_ORDER if strategies[s]["fits"]), None)
     world = gpus * nodes
     try:
-        acc = derive_accumulation(recipe.batch.global_batch_size, recipe.batch.micro_batch_size, world)
+        acc = derive_accumulation(recipe.batch.global_batch_size, recipe.batch.micro_batch_size, world,
+                                  recipe.batch.rounding)
         accumulation = {"accumulate_grad_batches": acc, "error": None}
+        effective = acc * recipe.batch.micro_batch_size * world  # < global when rounding: floor rounded down
     except BatchSizeError as e:
         accumulation = {"accumulate_grad_batches": None, "error": str(e)}
+        effective = None
     spec = recipe.backbone
     return {
         "recipe": recipe.paths,
@@ -72,6 +75,7 @@ def plan(configs: list[str], gpus: int = 1, nodes: int = 1, gpu_memory: float = 
         "precision": recipe.precision,
         "batch": {"global_batch_size": recipe.batch.global_batch_size,
                   "micro_batch_size": recipe.batch.micro_batch_size,
+                  "rounding": recipe.batch.rounding, "effective_global_batch_size": effective,
                   "seq_len": recipe.seq_len, "seq_len_source": recipe.seq_len_source},
         "world": {"gpus": gpus, "nodes": nodes, "world_size": world},
         "accumulation": accumulation,

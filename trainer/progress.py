@@ -69,7 +69,7 @@ class PlainProgress(ProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if not self._enabled or step == self._last_printed or self._start is None:
+        if not self._enabled or step == 0 or step == self._last_printed or self._start is None:
             return
         total = trainer.estimated_stepping_batches
         last = total != float("inf") and step >= total

@@ -16,6 +16,10 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import datasets
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx"}
 SUPPORTED = ".jsonl, .csv, .parquet or .xlsx"
@@ -40,10 +44,15 @@ class DataConfigError(ValueError):
 
 @dataclass
 class RecordFile:
-    """A loaded file: its ``datasets.Dataset`` and how to name record ``i`` in an error message."""
+    """A loaded file: its ``datasets.Dataset`` and how to name record ``i`` in an error message.
+
+    The DataModules read records through this interface only (``dataset``, ``name``, ``locate``, ``error``,
+    ``numbers_as_text``, ``tabular``, ``source_dir``), which ``datamodules.sources`` also gives a ``datasets``
+    dataset (``hf://...``) and a weighted mix of sources.
+    """
 
     path: Path
-    dataset: "datasets.Dataset"  # noqa: F821
+    dataset: "datasets.Dataset"
     lines: list[int] | None  # 1-based line of each record (JSONL, CSV; spreadsheet row for .xlsx); None for Parquet
     sheet: str | None = None  # the sheet named by ``file.xlsx#Sheet``
 
@@ -55,6 +64,15 @@ class RecordFile:
     def numbers_as_text(self) -> bool:
         """A column mixing numbers and text is read as text (CSV, .xlsx): a number may arrive as its text."""
         return self.path.suffix.lower() in (".csv", ".xlsx")
+
+    @property
+    def tabular(self) -> bool:
+        """Cells of a table (CSV, Parquet, .xlsx): an empty cell is a value (no labels), not a missing field."""
+        return file_format(self.path) != "json"
+
+    def source_dir(self, index: int) -> Path | None:
+        """The folder a relative path in record ``index`` (an image) is resolved against: the file's own."""
+        return self.path.parent
 
     def locate(self, index: int) -> str:
         if self.lines is not None:
@@ -201,7 +219,7 @@ def _xlsx_cell(value):
     return value
 
 
-def _read_xlsx(path: Path, sheet: str | None) -> tuple["datasets.Dataset", list[int]]:  # noqa: F821
+def _read_xlsx(path: Path, sheet: str | None) -> tuple["datasets.Dataset", list[int]]:
     """The sheet (the first one when ``sheet`` is None) as a ``datasets.Dataset`` and the row number of each record.
 
     Row 1 is the header; empty rows are skipped (as blank CSV lines are). A column mixing numbers and text is read

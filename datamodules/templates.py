@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from datamodules.records import DataConfigError
+
 # MISSION §2, verbatim.
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -64,14 +66,17 @@ def check_messages(rf, i: int, messages, need_answer: bool = False, need_user: s
         raise rf.error(i, "messages", f"no user turn {need_user}")
 
 
-def chat_segments(messages: list[dict], tokenizer) -> list[Segment]:
+def chat_segments(messages: list[dict], tokenizer, chat_template: str | None = None) -> list[Segment]:
     """Segments of a chat: assistant turns are trained, everything else (system, user, markup) is not.
 
-    With a tokenizer chat template, each assistant turn is the text the template adds between the
-    conversation so far (with the generation prompt) and the conversation including that turn. Without
-    one, a plain ``<|role|>`` layout is used.
+    With a chat template (``chat_template``, else the tokenizer's), each assistant turn is the text the template
+    adds between the conversation so far (with the generation prompt) and the conversation including that turn:
+    what the model must write after ``apply_chat_template(..., add_generation_prompt=True)``. A template whose
+    turns end with EOS and put separators before the next turn (the bundled ones, ``datamodules.chat_templates``)
+    trains exactly the answer and its EOS. Without a template, a plain ``<|role|>`` layout is used. A conversation
+    without an assistant turn (a record to predict) is all prompt, ending with the generation prompt.
     """
-    template = getattr(tokenizer, "chat_template", None)
+    template = chat_template or getattr(tokenizer, "chat_template", None)
     segments: list[Segment] = []
     if not template:
         for m in messages:
@@ -80,18 +85,27 @@ def chat_segments(messages: list[dict], tokenizer) -> list[Segment]:
                 segments += [Segment(header, False), Segment(m["content"], True), Segment("\n", False)]
             else:
                 segments.append(Segment(f"{header}{m['content']}\n", False))
+        if not any(s.train for s in segments):  # a conversation to answer (prediction): the answer's header
+            segments.append(Segment("<|assistant|>\n", False))
         return segments
+
+    def render(conversation: list[dict], generation: bool = False) -> str:
+        return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation,
+                                             chat_template=template)
+
     rendered = ""
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        prefix, full = render(messages[:i], generation=True), render(messages[: i + 1])
         if not (prefix.startswith(rendered) and full.startswith(prefix)):
-            raise ValueError("the tokenizer's chat template does not render conversations as prefixes of each "
-                             "other; answer-only masking cannot be derived from it")
+            raise DataConfigError("the chat template (data.chat_template, else the tokenizer's) does not render a "
+                                  "conversation as a prefix of its continuation; answer-only masking cannot be "
+                                  "derived from it")
         segments += [Segment(prefix[len(rendered):], False), Segment(full[len(prefix):], True)]
         rendered = full
+    if not segments:  # a conversation to answer (prediction): all of it and the generation prompt
+        segments.append(Segment(render(messages, generation=True), False))
     return segments
 
 
@@ -112,7 +126,7 @@ def adds_bos(tokenizer) -> bool:
 
 def tokenize_segments(segments: list[Segment], tokenizer, add_eos: bool = True, add_bos: bool | None = None) -> Tokenized:
     """Token ids and labels of a sample; BOS first when the tokenizer adds one (``add_bos=None``: ask it),
-    EOS closes the response."""
+    EOS closes the response (once: not after a response that already ends with a trained EOS)."""
     ids: list[int] = []
     labels: list[int] = []
     if add_bos if add_bos is not None else adds_bos(tokenizer):
@@ -125,7 +139,8 @@ def tokenize_segments(segments: list[Segment], tokenizer, add_eos: bool = True, 
             response_start = len(ids)
         ids += piece
         labels += piece if seg.train else [-100] * len(piece)
-    if add_eos and tokenizer.eos_token_id is not None:
+    # A template whose answers end with EOS has trained it already: one EOS closes the response.
+    if add_eos and tokenizer.eos_token_id is not None and not (labels and labels[-1] == tokenizer.eos_token_id):
         ids.append(tokenizer.eos_token_id)
         labels.append(tokenizer.eos_token_id)
     return Tokenized(ids, labels, response_start)

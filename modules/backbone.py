@@ -66,6 +66,11 @@ class BackboneSpec:
         dtype: Weight dtype (``float32``, ``bfloat16``, ``float16``).
         trust_remote_code: Allow model code from the checkpoint's repository (off by default).
         gradient_checkpointing: Recompute activations in backward to save memory.
+        revision: Hub revision (commit hash, branch or tag) of ``name_or_path`` for weights, config, tokenizer and
+            processor (``null``: the default branch); a commit hash pins the model.
+        attn_implementation: Attention kernel: ``sdpa`` (PyTorch's scaled dot-product attention), ``eager``
+            (plain matmuls) or ``flash_attention_2`` (the flash-attn package, CUDA only); ``null``: transformers'
+            default for the model (sdpa where supported).
     """
 
     name_or_path: str
@@ -76,6 +81,8 @@ class BackboneSpec:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    revision: str | None = None
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
 
     def __post_init__(self) -> None:
         if self.tiny and not self.arch_config:
@@ -87,6 +94,28 @@ class BackboneSpec:
     @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
+
+    def revision_for(self, path: str) -> dict:
+        """``{"revision": ...}`` for a ``from_pretrained`` of ``name_or_path`` itself (not of ``arch_config``, a
+        separate ``tokenizer`` or a tiny model's saved base), else ``{}``."""
+        if self.revision is None or path != resolve_path(self.name_or_path):
+            return {}
+        return {"revision": self.revision}
+
+    def attention_kwargs(self) -> dict:
+        """``{"attn_implementation": ...}`` for model creation (``{}``: transformers' default); flash-attention that
+        cannot run here (no flash-attn package, no CUDA) is a :class:`BackboneError` before any weights load."""
+        if self.attn_implementation == "flash_attention_2":
+            missing = [what for what, ok in (("the flash-attn package", importlib.util.find_spec("flash_attn")),
+                                             ("a CUDA GPU", torch.cuda.is_available())) if not ok]
+            if missing:
+                raise BackboneError(f"model.backbone.attn_implementation=flash_attention_2 needs {' and '.join(missing)}"
+                                    ", missing here; use sdpa (or eager)")
+        return {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
+
+
+class BackboneError(ValueError):
+    """A backbone setting this machine cannot honour (flash-attention without flash-attn or CUDA)."""
 
 
 @dataclass
@@ -207,7 +236,7 @@ def load_tokenizer(spec: BackboneSpec, local_files_only: bool = False):
 
     path = resolve_path(spec.tokenizer or spec.name_or_path)
     tok = _from_hub(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=spec.trust_remote_code,
-                    local_files_only=local_files_only)
+                    local_files_only=local_files_only, **spec.revision_for(path))
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(f"tokenizer {path!r} has neither a pad nor an eos token; set one in its config")
@@ -222,7 +251,8 @@ def load_arch_config(spec: BackboneSpec, **overrides: Any):
     path = resolve_path(spec.arch_config or spec.name_or_path)
     if path.endswith(".json"):
         path = str(Path(path).parent)
-    return _from_hub(AutoConfig.from_pretrained, path, "config", trust_remote_code=spec.trust_remote_code, **overrides)
+    return _from_hub(AutoConfig.from_pretrained, path, "config", trust_remote_code=spec.trust_remote_code,
+                     **spec.revision_for(path), **overrides)
 
 
 def shrink_config(config, tokenizer, size: TinySpec):
@@ -335,13 +365,15 @@ def build_model(
     loads the weights 4-bit on ``device``.
     """
     source = resolve_path(spec.name_or_path)
+    attention = spec.attention_kwargs()  # flash-attention that cannot run here stops before any loading
     if spec.tiny and tiny_dir is not None and (Path(tiny_dir) / "config.json").exists():
         # The run's saved random base: a checkpoint (adapter-only under LoRA) is restored onto the base it
         # was trained on, whatever the seed of this process.
         source, config_overrides = str(tiny_dir), {}
     elif spec.tiny:
         config = shrink_config(load_arch_config(spec, **config_overrides), tokenizer, spec.tiny_size)
-        model = auto_class.from_config(config, dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code)
+        model = auto_class.from_config(config, dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code,
+                                       **attention)
         # The tiny model's base is the saved random model (or nothing), never the production architecture
         # config: PEFT records it in adapter_config.json and compares vocabularies against it.
         model.config._name_or_path = model.name_or_path = str(tiny_dir) if tiny_dir is not None else ""
@@ -356,7 +388,8 @@ def build_model(
         config_overrides = {}
         if quant is None:
             return _finish(model, spec, tokenizer)
-    kwargs = dict(dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code, **config_overrides)
+    kwargs = dict(dtype=spec.torch_dtype, trust_remote_code=spec.trust_remote_code, **spec.revision_for(source),
+                  **attention, **config_overrides)
     if quant is not None:
         kwargs["quantization_config"] = quant.to_bnb()
         kwargs["device_map"] = {"": device if device is not None else "cpu"}

@@ -148,5 +148,6 @@ def load_vision_processor(spec: BackboneSpec) -> tuple[VisionProcessor, dict[str
     else:
         source = resolve_path(spec.name_or_path)
     image_processor = AutoImageProcessor.from_pretrained(str(source), backend=image_backend(),
-                                                         trust_remote_code=spec.trust_remote_code)
+                                                         trust_remote_code=spec.trust_remote_code,
+                                                         **spec.revision_for(str(source)))
     return VisionProcessor(tokenizer, image_processor), token_ids

@@ -27,6 +27,7 @@ USER_ERRORS = (
     ("datamodules.records", "DataConfigError"),
     ("datamodules.batch", "BatchSizeError"),
     ("modules.base", "DataModuleMismatch"),
+    ("modules.backbone", "BackboneError"),
     ("trainer.strategies", "StrategyError"),
     ("trainer.plan.recipe", "PlanError"),
     ("trainer.compare.records", "CompareError"),

@@ -176,7 +176,9 @@ def measure_activations(configs: list[str]) -> int:
         if encoder:
             loss = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().pow(2).mean()
         else:
-            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
+            from modules.token_loss import token_nll  # tuneloop's chunked loss, as the causal-LM module trains
+
+            loss, _ = token_nll(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, ids)
     del loss  # everything was saved during the forward; no backward needed
     return total
 
@@ -206,7 +208,8 @@ def activation_cases(directory: Path) -> list[tuple[str, list[str], str]]:
 def compare_activations(configs: list[str], attention: str = "sdpa") -> dict:
     from trainer.plan import plan
 
-    est = plan(configs, attention=attention)["bytes"]["activations"]
+    act = plan(configs, attention=attention)["activations"]
+    est = act["layers"] + act["logits_saved"]  # what the forward saves (the logits' gradient comes in backward)
     got = measure_activations(configs)
     return {"estimated": est, "measured": got, "error_pct": 100.0 * (est - got) / got}
 

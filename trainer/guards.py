@@ -7,6 +7,11 @@
   step's last micro batch, after DDP's gradient all-reduce, before clipping). Under fp16 mixed precision the
   gradient is left to the ``GradScaler``, which skips inf/nan steps and lowers its scale by design.
 
+That norm is also the run's ``train/grad_norm`` (logged per optimizer step, computed once): the total 2-norm of
+every gradient before clipping (the GradScaler has unscaled them), the full norm under sharding (FSDP2's DTensor
+gradients reduced over their mesh, FSDP1's flat shards summed over processes). DeepSpeed keeps gradients in its
+own partitions: there the engine's norm of the step is logged after the step, when it has one.
+
 The decision is reduced over every process, so all ranks stop or skip together. The policy:
 
 * ``stop`` (default): the fit ends with one line, ``tuneloop fit: non-finite training loss at global step 8: nan
@@ -78,6 +83,8 @@ class NonFiniteGuard(Callback):
         self.bad_validations: list[int] = []  # global steps of validations with non-finite values (skip policy)
         self._bad: torch.Tensor | None = None  # this optimizer step: any non-finite micro-batch loss (on device)
         self._value: torch.Tensor | None = None  # the first non-finite micro-batch loss of this step
+        self._step_before = 0  # global step before the current micro batch (DeepSpeed's norm, after the step)
+        self._deepspeed_norm = True  # cleared (with one message) when the DeepSpeed engine reports none
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         from lightning.pytorch.strategies import DeepSpeedStrategy
@@ -108,8 +115,10 @@ class NonFiniteGuard(Callback):
         loss_bad = bool(self._bad.any()) if self._bad is not None else False
         loss_value = float(self._value) if loss_bad else None
         self._bad = self._value = None
-        norm = None if self._scaler_decides(trainer) else self._grad_norm(optimizer)
-        grad_bad = norm is not None and not math.isfinite(norm)
+        norm = self._grad_norm(trainer, optimizer)
+        if norm is not None:
+            pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
+        grad_bad = norm is not None and not math.isfinite(norm) and not self._scaler_decides(trainer)
         if not trainer.strategy.reduce_boolean_decision(loss_bad or grad_bad, all=False):
             return
         step = trainer.global_step + 1  # the step being taken, numbered as metrics.json's train_loss numbers it
@@ -128,12 +137,41 @@ class NonFiniteGuard(Callback):
         return getattr(trainer.precision_plugin, "scaler", None) is not None
 
     @staticmethod
-    def _grad_norm(optimizer) -> float | None:
-        """The 2-norm of this process's gradients (its shards under FSDP), or ``None`` when there are none."""
-        grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    def _grad_norm(trainer, optimizer) -> float | None:
+        """The total 2-norm of the gradients the optimizer is about to step (every process's shards together), or
+        ``None`` when it holds none (DeepSpeed)."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if isinstance(trainer.strategy, FSDPStrategy):  # FSDP1: flat local shards; every process joins the sum
+            local = [_local(g) for g in grads]
+            square = (torch.nn.utils.get_total_norm(local, norm_type=2.0).float() ** 2 if local
+                      else torch.zeros((), device=trainer.strategy.root_device))
+            return float(trainer.strategy.reduce(square, reduce_op="sum").sqrt())
         if not grads:
             return None
-        return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor of partial norms; reduced over the mesh
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_before = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """DeepSpeed: log the engine's gradient norm of the step just taken (it computes it before clipping)."""
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        if (not self._deepspeed_norm or trainer.global_step == self._step_before
+                or not isinstance(trainer.strategy, DeepSpeedStrategy)):
+            return
+        engine = trainer.strategy.deepspeed_engine
+        norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
+        if norm is None:
+            self._deepspeed_norm = False
+            log.info("train/grad_norm is not logged: this DeepSpeed engine reports no gradient norm")
+            return
+        pl_module.log("train/grad_norm", float(norm), on_step=True, on_epoch=False, batch_size=1)
 
     # ----- validation -------------------------------------------------------------------------------------------
     def on_validation_end(self, trainer, pl_module) -> None:

@@ -2,8 +2,9 @@
 
 A SLURM job's log, CI output or ``tuneloop fit ... > run.log`` is not a terminal: a redrawing bar writes
 nothing there until the end. :class:`PlainProgress` prints one line every ``every_n_steps`` optimizer steps
-(and at the last one) with the step, the progress-bar metrics (loss), the rate and the time left, and one line
-per validation and test pass. Global rank zero only.
+(and at the last one) with the step, the progress-bar metrics (loss), the rate, the real tokens per second since
+the previous line (all processes; from :class:`trainer.perf.Throughput`, when the run has it) and the time left,
+and one line per validation and test pass. Global rank zero only.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _value(value) -> str:
 
 class PlainProgress(ProgressBar):
     """One line per ``every_n_steps`` optimizer steps: ``epoch 1/3 step 40/120 (33%) loss=1.234 | 2.10 it/s |
-    elapsed 00:19 | ETA 00:38``; ``it/s`` counts optimizer steps."""
+    1,843 tok/s | elapsed 00:19 | ETA 00:38``; ``it/s`` counts optimizer steps (since training started),
+    ``tok/s`` real tokens over the steps since the previous line."""
 
     def __init__(self, every_n_steps: int = 10, stream=None) -> None:
         super().__init__()
@@ -45,6 +47,7 @@ class PlainProgress(ProgressBar):
         self._start: float | None = None
         self._start_step = 0
         self._last_printed = -1
+        self._last_totals = (0.0, 0.0)  # Throughput's (tokens, seconds) at the previous line
 
     @property
     def is_enabled(self) -> bool:
@@ -66,6 +69,19 @@ class PlainProgress(ProgressBar):
     def on_train_start(self, trainer, pl_module) -> None:
         self._start, self._start_step = time.monotonic(), trainer.global_step
         self._last_printed = -1
+        self._last_totals = (0.0, 0.0)
+
+    def _tokens_per_sec(self, trainer) -> float | None:
+        """Real tokens per second over the optimizer steps since the previous line, or ``None`` without a
+        :class:`trainer.perf.Throughput` callback (or tokens)."""
+        from trainer.perf import Throughput
+
+        perf = next((cb for cb in trainer.callbacks if isinstance(cb, Throughput)), None)
+        if perf is None:
+            return None
+        (tokens, seconds), (last_tokens, last_seconds) = perf.totals(), self._last_totals
+        self._last_totals = (tokens, seconds)
+        return (tokens - last_tokens) / (seconds - last_seconds) if seconds > last_seconds and tokens else None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -88,7 +104,10 @@ class PlainProgress(ProgressBar):
         line = " ".join(parts)
         metrics = self._metrics(trainer, pl_module)
         line += f" {metrics}" if metrics else ""
-        line += f" | {rate:.2f} it/s | elapsed {_duration(elapsed)}"
+        line += f" | {rate:.2f} it/s"
+        tokens_per_sec = self._tokens_per_sec(trainer)
+        line += f" | {tokens_per_sec:,.0f} tok/s" if tokens_per_sec is not None else ""
+        line += f" | elapsed {_duration(elapsed)}"
         if total != float("inf") and rate > 0:
             line += f" | ETA {_duration((total - step) / rate)}"
         self.print(line)

@@ -110,6 +110,60 @@ def test_lightning_still_skips_a_step_it_has_saved():
     assert "self._last_global_step_saved == trainer.global_step" in source
 
 
+# ----------------------------------------------------------------------------------- train/grad_norm
+class NormProbe(Linear):
+    """Records the total gradient norm the optimizer sees (the module's hook runs after the callbacks', before
+    Lightning clips) and the norm left after clipping."""
+
+    def __init__(self):
+        super().__init__()
+        self.before, self.after, self.logged = [], [], []
+
+    def on_before_optimizer_step(self, optimizer):
+        self.before.append(float(torch.nn.utils.get_total_norm([p.grad for p in self.parameters()])))
+        self.logged.append(float(self.trainer.callback_metrics["train/grad_norm"]))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.after.append(float(torch.nn.utils.get_total_norm([p.grad for p in self.parameters()])))
+
+
+def test_grad_norm_is_logged_per_step_before_clipping(tmp_path):
+    module = NormProbe()
+    data = TensorDataset(torch.randn(16, 4) * 10, torch.randn(16, 1))
+    trainer = Trainer(max_epochs=1, callbacks=[NonFiniteGuard()], logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, gradient_clip_val=0.01,
+                      default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    assert len(module.logged) == 4 and module.logged == pytest.approx(module.before, rel=1e-6)
+    assert min(module.before) > 0.1 and max(module.after) == pytest.approx(0.01, rel=1e-3)  # clipped afterwards
+
+
+def test_grad_norm_of_fsdp2_gradients_is_the_full_norm(tmp_path):
+    """FSDP2 gradients are DTensors: the norm is reduced over the mesh (one process, gloo, CPU)."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        models = []
+        for _ in range(2):  # the same weights, plain and sharded
+            torch.manual_seed(0)
+            models.append(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)))
+        plain, sharded = models[0], fully_shard(models[1])
+        x = torch.randn(6, 4)
+        plain(x).pow(2).sum().backward()
+        sharded(x).pow(2).sum().backward()
+        assert type(sharded[0].weight.grad).__name__ == "DTensor"
+        expected = float(torch.nn.utils.get_total_norm([p.grad for p in plain.parameters()]))
+        optimizer = torch.optim.SGD(sharded.parameters(), lr=0.1)
+        norm = NonFiniteGuard._grad_norm(SimpleNamespace(strategy=None), optimizer)
+        assert isinstance(norm, float) and norm == pytest.approx(expected, rel=1e-6)
+    finally:
+        dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------------- losses, metrics, predictions
 def test_token_mean_nll_never_hides_a_non_finite_batch():
     metric = TokenMeanNLL()

@@ -236,7 +236,14 @@ def test_activation_estimate_follows_the_documented_formula():
     assert eager["layers"] == layers * (34 * s * b * h + 5 * 12 * s * s * b)
     ck = plan([KOMT_LORA])["activations"]  # gradient checkpointing: 2sbh per layer + one full layer
     assert ck["gradient_checkpointing"] and ck["layers"] == 40 * 2 * 256 * 4 * 5120 + ck["per_layer_full"]
-    assert ck["logits"] == 4 * 256 * 32000 * (4 + 2)
+    # The chunked loss: the bf16 head output (saved) and its gradient, one fp32 chunk of at most 1048 positions
+    # (2**25 // 32000; here the micro batch's 1024), never the whole fp32 logits (4 * 256 * 32000 * 4 bytes).
+    assert ck["loss_chunk_positions"] == 1024 and ck["logits_saved"] == 4 * 256 * 32000 * 2
+    assert ck["logits"] == 2 * 4 * 256 * 32000 * 2 + 1024 * 32000 * 4
+    long = plan([KOMT_LORA], seq_len=4096)["activations"]  # 16384 positions: chunks of 1048
+    assert long["loss_chunk_positions"] == 1048
+    plain = 4 * 4096 * 32000 * (4 + 2)  # what the plain loss kept: fp32 log-softmax and the bf16 head output
+    assert long["logits"] == 2 * 4 * 4096 * 32000 * 2 + 1048 * 32000 * 4 < 0.75 * plain
     longer = plan([KOMT_LORA], seq_len=512)
     assert longer["batch"]["seq_len"] == 512 and longer["activations"]["layers"] == 2 * ck["layers"]
 

@@ -92,3 +92,34 @@ def test_verbosity_flags_are_taken_out_of_the_command_line():
     assert pop_verbosity(["fit"]) == ("normal", ["fit"])
     with pytest.raises(SystemExit, match="one of --quiet"):
         pop_verbosity(["fit", "--quiet", "-v"])
+
+
+class _Masked(torch.utils.data.Dataset):
+    """8 records of 3 real tokens (of 5) each."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"x": torch.randn(2), "y": torch.randn(1), "attention_mask": torch.tensor([1, 1, 1, 0, 0])}
+
+
+class TinyDict(Tiny):
+    def training_step(self, batch, batch_idx):
+        return super().training_step((batch["x"], batch["y"]), batch_idx)
+
+
+def test_plain_progress_shows_real_tokens_per_second_since_the_previous_line(tmp_path, monkeypatch):
+    from trainer.perf import Throughput
+
+    clock = iter(range(1000))  # the throughput clock: one second per reading (one reading per optimizer step)
+    monkeypatch.setattr("trainer.perf.time.perf_counter", lambda: float(next(clock)))
+    out = io.StringIO()
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         callbacks=[Throughput(peak_tflops=1.0), PlainProgress(every_n_steps=2, stream=out)],
+                         default_root_dir=str(tmp_path))
+    trainer.fit(TinyDict(), DataLoader(_Masked(), batch_size=2))
+    steps = [l for l in out.getvalue().splitlines() if " step " in l]
+    # 4 steps of 2 records x 3 real tokens, one second each: 6 tok/s, padding not counted.
+    assert len(steps) == 2 and all("| 6 tok/s |" in l for l in steps), steps
+    assert steps[0].index("it/s") < steps[0].index("tok/s") < steps[0].index("ETA")

@@ -13,7 +13,12 @@ values, x2 for fp32): Korthikanti et al. 2022 (eq. 1: ``34 s b h + 5 a s^2 b`` p
 generalised: ``15 s b h`` for attention and norms plus ``s b (3 h + 4 I)`` for a GeLU MLP or ``s b (2 h + 8 I)``
 for a gated one. The ``5 a s^2 b`` scores only with ``--attention eager`` (SDPA keeps none). LoRA dropout keeps
 ``s b in (bytes + 1)`` per adapted Linear. Gradient checkpointing: ``2 s b h`` per layer plus one layer's full
-activations. Logits: ``b s V x 4`` for the fp32 loss (plus the 16-bit head output); encoders ``b x num_labels``.
+activations. Logits (``modules.token_loss.token_nll``, chunked), at the start of the backward, when every other
+activation is still held: the head output, ``b s V`` values in the activation dtype (what the loss saves,
+``logits_saved``), its gradient (the same size) and one fp32 chunk of ``min(b s, R)`` positions
+(``R = loss_chunk_rows(V)``) being turned into a softmax: ``2 b s V x bytes + min(b s, R) V x 4``. The fp32 logits
+are never whole (the plain loss kept ``b s V x 4`` of fp32 log-softmax and needed two more fp32 copies in its
+backward). Encoders: ``b x num_labels x 4``.
 The vision tower's activations are not included (image tokens count in ``--seq-len``).
 
 Per strategy (world W = gpus x nodes): ``ddp`` replicates everything plus one more copy of the gradients
@@ -224,15 +229,20 @@ def activations(built: Built, recipe: Recipe, attention: str = "sdpa") -> dict:
     else:
         layers_bytes = L * full_layer
     if recipe.is_encoder:
-        logits = b * (recipe.num_labels or 1) * 4
-        vocab = None
+        logits = logits_saved = b * (recipe.num_labels or 1) * 4
+        vocab = chunk = None
     else:
+        from modules.token_loss import loss_chunk_rows
+
         vocab = text.vocab_size
-        logits = b * s * vocab * 4 + (b * s * vocab * act_bytes if act_bytes < 4 else 0)
+        chunk = min(b * s, loss_chunk_rows(vocab))
+        logits_saved = b * s * vocab * act_bytes
+        logits = 2 * logits_saved + chunk * vocab * 4
     return {
         "total": layers_bytes + logits,
         "layers": layers_bytes,
         "logits": logits,
+        "logits_saved": logits_saved,
         "per_layer_full": full_layer,
         "lora_bytes_per_token_per_layer": lora_extra,
         "micro_batch": b,
@@ -243,6 +253,7 @@ def activations(built: Built, recipe: Recipe, attention: str = "sdpa") -> dict:
         "intermediate": inter,
         "gated_mlp": gated,
         "vocab": vocab,
+        "loss_chunk_positions": chunk,
         "bytes_per_value": act_bytes,
         "gradient_checkpointing": checkpointing,
         "attention": attention,

@@ -144,7 +144,7 @@ def _optimizer(value: Any) -> tuple[str, dict]:
     if isinstance(value, dict):
         return value.get("class_path") or "torch.optim.AdamW", dict(value.get("init_args") or {})
     if value is None or value == f"{default_optimizer.__module__}.{default_optimizer.__name__}":
-        return "torch.optim.AdamW", {}  # what modules.base.default_optimizer builds
+        return "modules.optim.AdamW", {}  # what modules.base.default_optimizer builds
     return str(value), {}
 
 

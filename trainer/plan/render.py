@@ -72,8 +72,9 @@ def render_text(result: dict, console=None) -> None:
     ck = "checkpointing: 2sbh per layer + one layer" if act["gradient_checkpointing"] else "no recomputation"
     mem.add_row("activations", f"{act['layers_count']} layers · b={act['micro_batch']} s={act['seq_len']} "
                 f"h={act['hidden']} · {ck}", "", _gib(b["activations_layers"]))
-    mem.add_row("logits", f"fp32 loss over {act['vocab']:,d} tokens" if act["vocab"] else "classifier outputs",
-                "", _gib(b["logits"]))
+    loss = (f"head output + its gradient; fp32 loss over {act['vocab']:,d} tokens in chunks of "
+            f"{act['loss_chunk_positions']:,d} positions" if act["vocab"] else "classifier outputs")
+    mem.add_row("logits", loss, "", _gib(b["logits"]))
     console.print(mem)
 
     st = Table(title=f"Per GPU, world size {w['world_size']} ({result['gpu_memory_gib']:g} GiB each)",

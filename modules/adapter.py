@@ -1,10 +1,14 @@
-"""A pretrained backbone trained through a PEFT adapter (or fully): the piece the causal-LM and vision-language
-modules share by composition.
+"""A pretrained backbone trained through a PEFT adapter (or fully): the piece the causal-LM, vision-language and
+LoRA encoder modules share by composition.
 
 :class:`AdapterBackbone` builds the model (a tiny debug model's random base is saved once per run and
 reused), keeps adapter-only checkpoints (the frozen base, 4-bit under QLoRA and up to 32B, is rebuilt from
 ``model.backbone`` on load) and exports one consolidated PEFT adapter with its preprocessing and the data's
 prompt layout. A module holds one and calls it from its Lightning hooks.
+
+The export helpers below serve every module: :func:`gathered_state` (a sharded model's full state on rank 0),
+:func:`write_dir_atomically` (an export is swapped in whole) and :func:`standalone_copy` (a plain transformers
+model, LoRA merged, for ``save_pretrained``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -91,41 +96,89 @@ class AdapterBackbone:
                                  f"{sorted(missing)[0]}); was it trained with a different model.lora?")
 
     # ----- export ---------------------------------------------------------------------------------------------
-    def export(self, module, path: Path, prompt: dict | None) -> Path | None:
+    def export(self, module, path: Path, prompt: dict | None, transform=None) -> Path | None:
         """Save the PEFT adapter (adapter_config.json, adapter_model.safetensors), the preprocessing and the data's
         prompt layout (``prompt.json``), once, on rank 0. Called on every rank: a sharded (FSDP2) adapter is
-        gathered into one first, a ZeRO-3 partitioned one through DeepSpeed."""
+        gathered into one first, a ZeRO-3 partitioned one through DeepSpeed. ``transform`` (state dict -> state
+        dict, on rank 0) changes the tensors saved, e.g. folds a regression head's standardization into its output
+        layer."""
         if self.lora is None:
             return None
-        model, trainer = module.model, module.trainer
-        state = module.full_state_dict()
-        if getattr(trainer.strategy, "zero_stage_3", False):  # only DeepSpeedStrategy has the attribute
-            # ZeRO-3 partitions every parameter: gather the trainable (adapter) ones for the save.
-            # Not yet run on a GPU; see the scale-out notes.
-            import deepspeed
-
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
-                if trainer.is_global_zero:
-                    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-        if not trainer.is_global_zero:
+        state = gathered_state(module, trainable_only=True)
+        if not module.trainer.is_global_zero:
             return None
-        # Written whole into <dir>.tmp, then swapped in: a kill mid-export leaves the previous export (or, between
-        # the two renames, <dir>.old) loadable, never half an adapter.
-        tmp, old = path.with_name(f"{path.name}.tmp"), path.with_name(f"{path.name}.old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, state_dict=state)
-        self.preprocessing.save_pretrained(tmp)
-        if prompt is not None:
-            (tmp / "prompt.json").write_text(json.dumps(prompt, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                with open(file, "rb+") as f:
-                    os.fsync(f.fileno())
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-        return path
+        model = module.model
+        if transform is not None:
+            state = transform(state if state is not None else model.state_dict())
+
+        def fill(tmp: Path) -> None:
+            model.save_pretrained(tmp, state_dict=state)
+            self.preprocessing.save_pretrained(tmp)
+            if prompt is not None:
+                (tmp / "prompt.json").write_text(json.dumps(prompt, indent=2, ensure_ascii=False) + "\n",
+                                                 encoding="utf-8")
+
+        return write_dir_atomically(path, fill)
+
+
+def gathered_state(module, trainable_only: bool) -> dict | None:
+    """The model's state dict for a save, on rank 0: gathered into full tensors when the model is sharded (FSDP2,
+    or ZeRO-3: its trainable tensors only with ``trainable_only``), ``None`` when it is not (the model's own
+    ``state_dict()`` then serves). A collective: every rank calls it; other ranks get ``None`` or nothing useful."""
+    model, trainer = module.model, module.trainer
+    state = module.full_state_dict()
+    if getattr(trainer.strategy, "zero_stage_3", False):  # only DeepSpeedStrategy has the attribute
+        # ZeRO-3 partitions every parameter: gather them for the save. Not yet run on a GPU; see the scale-out notes.
+        import deepspeed
+
+        params = [p for p in model.parameters() if p.requires_grad or not trainable_only]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            if trainer.is_global_zero:
+                if trainable_only:
+                    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+                else:
+                    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return state
+
+
+def write_dir_atomically(path: Path, fill) -> Path:
+    """Write a directory whole: ``fill(tmp)`` writes into ``<dir>.tmp``, which is synced, then swapped in. A kill
+    mid-export leaves the previous export (or, between the two renames, ``<dir>.old``) loadable, never half of
+    one."""
+    tmp, old = path.with_name(f"{path.name}.tmp"), path.with_name(f"{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def standalone_copy(model: torch.nn.Module, state: dict | None = None) -> torch.nn.Module:
+    """A plain transformers model (a LoRA adapter merged into its base) holding ``model``'s weights, or ``state``
+    (a full state dict of ``model``, gathered from shards), on the CPU in eval mode: what a deployable
+    ``save_pretrained`` needs. Built beside the trained model, which stays as it is (a test may follow); the
+    random initialisation of the copy, overwritten at once, leaves the run's random state alone."""
+    from peft import PeftModel, get_peft_model
+
+    peft = isinstance(model, PeftModel)
+    base = model.get_base_model() if peft else model
+    # FSDP2 turns the root class into a subclass (FSDP<Name>); the copy is of the transformers class.
+    cls = next(c for c in type(base).__mro__ if c.__module__.startswith("transformers."))
+    state = model.state_dict() if state is None else state
+    dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    with torch.random.fork_rng(devices=[]):
+        copy = cls(deepcopy(base.config)).to(dtype)
+        if peft:
+            copy = get_peft_model(copy, deepcopy(model.peft_config[model.active_adapter]))
+    copy.load_state_dict({k: v.detach().cpu() for k, v in state.items()}, strict=True)
+    if peft:
+        copy = copy.merge_and_unload()
+    return copy.eval()

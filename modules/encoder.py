@@ -14,12 +14,19 @@ task; this module only wires the encoder, the head and the metrics into Lightnin
 label names come from the DataModule, so a recipe states them once; they are recorded in the checkpoint
 (``checkpoint["tuneloop"]``). Regression targets are standardized with the training split's mean and standard
 deviation (head buffers, so a checkpoint predicts in original units on its own).
+
+Every run hands over a standalone model (:meth:`EncoderModule.export_model`): ``save_pretrained`` of an
+``AutoModelForSequenceClassification`` (LoRA merged) that predicts exactly what the module predicts, with the
+labels as ``id2label`` and ``problem_type`` set so that ``transformers.pipeline("text-classification")`` applies
+the head's activation; a regression head's standardization is folded into the output layer. A LoRA run also
+exports its adapter (:meth:`EncoderModule.export_adapter`, on the tiny debug base saved in ``<run>/base_model``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -28,6 +35,7 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
+from modules.adapter import AdapterBackbone, gathered_state, standalone_copy, write_dir_atomically
 from modules.backbone import BackboneSpec, LoraSpec, apply_lora, build_model, load_tokenizer
 from modules.base import OptimizerCallable, TuneloopModule, default_optimizer
 from modules.heads import EncoderHead, NonFiniteRows, head_class
@@ -91,6 +99,9 @@ class EncoderModule(TuneloopModule):
         self.pos_weight = pos_weight
         self.report_baseline = report_baseline
         self.tokenizer = load_tokenizer(backbone)
+        # LoRA: built, checkpointed (adapter and head only) and exported as the causal-LM adapters are.
+        self.adapter = AdapterBackbone(backbone, lora, None, self.tokenizer) if lora is not None else None
+        self.strict_loading = lora is None
         # Chosen in setup, from the DataModule's task.
         self.head: EncoderHead | None = None
         # The head's metrics per split ("val", "test"), their keys prefixed "val/", "test/".
@@ -119,7 +130,8 @@ class EncoderModule(TuneloopModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         # What the head was trained for travels with the weights (the DataModule supplies it at load time).
-        checkpoint["tuneloop"] = {"task": self.head.task, "label_names": self.head.label_names}
+        checkpoint["tuneloop"] = {**checkpoint.get("tuneloop", {}), "task": self.head.task,
+                                  "label_names": self.head.label_names}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -143,8 +155,12 @@ class EncoderModule(TuneloopModule):
             return
         from transformers import AutoModelForSequenceClassification
 
-        model = build_model(AutoModelForSequenceClassification, self.backbone, self.tokenizer,
-                            num_labels=self.head.num_outputs)
+        if self.adapter is not None:  # a tiny random base is saved to <run>/base_model: the adapter's base
+            model = self.adapter.build(self, AutoModelForSequenceClassification, self.tokenizer,
+                                       num_labels=self.head.num_outputs)
+        else:
+            model = build_model(AutoModelForSequenceClassification, self.backbone, self.tokenizer,
+                                num_labels=self.head.num_outputs)
         self.model = self.shard(apply_lora(model, self.lora, task_type=self.peft_task_type))
 
     # ----- forward, loss, predictions -------------------------------------------------------------------
@@ -234,6 +250,80 @@ class EncoderModule(TuneloopModule):
         return self.head.figures(stage, preds, targets, out_dir)
 
 
+    # ----- export -----------------------------------------------------------------------------------------
+    def export_adapter(self, path: Path) -> Path | None:
+        """LoRA: the adapter (PEFT format) with the tokenizer; a regression head's standardization folded into its
+        output layer, as in :meth:`export_model`. Every rank calls it (a sharded adapter is gathered); rank 0
+        writes."""
+        if self.adapter is None:
+            return None
+        return self.adapter.export(self, path, None, transform=self._folded_state)
+
+    def export_model(self, path: Path) -> Path | None:
+        """A standalone ``AutoModelForSequenceClassification`` (``save_pretrained``, LoRA merged) with the tokenizer:
+        ``id2label``/``label2id`` are the head's outputs (binary: the positive class), ``problem_type`` makes
+        transformers' loss and the text-classification pipeline apply the head's activation (binary and
+        multi-label: sigmoid, multi-class: softmax, regression: none), and a regression head's standardization is
+        folded into the output layer, so the logits are values in original units (checked on a probe input).
+        The config also records ``tuneloop`` (task, label names, threshold). Every rank calls it (a sharded model
+        is gathered); rank 0 writes."""
+        state = gathered_state(self, trainable_only=False)
+        if not self.trainer.is_global_zero:
+            return None
+        model = standalone_copy(self.model, state)
+        self._fold_checked(model)
+        labels = self.head.export_labels()
+        model.config.update({"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)},
+                             "problem_type": self.head.problem_type,
+                             "tuneloop": {"task": self.head.task, "label_names": self.head.label_names,
+                                          "threshold": self.threshold}})
+
+        def fill(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+
+        return write_dir_atomically(path, fill)
+
+    def _folded_state(self, state: dict) -> dict:
+        """``state`` (of ``self.model``) with the head's affine map folded into the output layer's tensors (every
+        copy PEFT keeps of it)."""
+        affine = self.head.output_affine()
+        if affine is None:
+            return state
+        scale, shift = (t.detach().cpu() for t in affine)
+        target = output_layer_name(self.model, self.head.num_outputs)
+        state = dict(state)
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.Linear) and plain_name(name) == target and f"{name}.weight" in state:
+                weight, bias = state[f"{name}.weight"], state.get(f"{name}.bias")
+                if bias is None:
+                    raise ValueError(f"output layer {name} has no bias: a regression standardization cannot be folded")
+                state[f"{name}.weight"], state[f"{name}.bias"] = fold_affine(weight, bias, scale, shift)
+        return state
+
+    def _fold_checked(self, model: nn.Module) -> None:
+        """Fold the head's affine map into ``model``'s (plain, CPU, eval) output layer and check on a probe input
+        that the outputs became ``scale * before + shift``; an architecture whose output layer is not the last
+        linear map of its head fails here rather than exporting wrong values."""
+        affine = self.head.output_affine()
+        if affine is None:
+            return
+        scale, shift = (t.detach().cpu() for t in affine)
+        name = output_layer_name(model, self.head.num_outputs)
+        layer = model.get_submodule(name)
+        if layer.bias is None:
+            raise ValueError(f"output layer {name} has no bias: a regression standardization cannot be folded")
+        probe = self.tokenizer(["probe: 1.0", "a second, longer probe input"], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            before = model(**probe).logits.float()
+            layer.weight.data, layer.bias.data = fold_affine(layer.weight.data, layer.bias.data, scale, shift)
+            after = model(**probe).logits.float()
+        expected = before * scale + shift
+        tol = 1e-4 if layer.weight.dtype == torch.float32 else 1e-2
+        if not torch.allclose(after, expected, rtol=tol, atol=tol * float(expected.abs().max())):
+            raise RuntimeError(f"folding the regression standardization into {type(model).__name__}.{name} did not "
+                               f"give the module's predictions ({after.tolist()} vs {expected.tolist()})")
+
 def compute_and_reset_count(metric: NonFiniteRows) -> int:
     """``metric.compute()`` as an int (a collective), then ``metric.reset()``."""
     try:
@@ -249,3 +339,27 @@ def frequency_baseline(task: str, train_targets: np.ndarray, num_outputs: int) -
     (L,), so labels present in more than half the records are predicted; regression: the training mean (T,).
     """
     return head_class(task).frequency_baseline(train_targets, num_outputs)
+
+
+def plain_name(name: str) -> str:
+    """A module's name in the plain transformers model: PEFT's wrapping (``base_model.model.``,
+    ``modules_to_save.default``, ``original_module``, ``base_layer``) left out."""
+    name = re.sub(r"^base_model\.model\.", "", name)
+    return re.sub(r"\.(modules_to_save\.[^.]+|original_module|base_layer)(?=\.|$)", "", name)
+
+
+def output_layer_name(model: nn.Module, outputs: int) -> str:
+    """The plain name of a sequence classifier's output layer: its last ``nn.Linear`` with ``outputs`` outputs
+    (BERT and DistilBERT ``classifier``, RoBERTa and ELECTRA ``classifier.out_proj``, decoders ``score``)."""
+    names = [plain_name(n) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == outputs]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no linear layer with {outputs} outputs to fold into")
+    return names[-1]
+
+
+def fold_affine(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor):
+    """``y = scale * (W x + b) + shift`` as one linear map: ``W' = diag(scale) W`` (out, in), ``b' = scale * b + shift``
+    (out,); computed in float32, returned in the tensors' dtype."""
+    w = weight.float() * scale.float()[:, None]
+    b = bias.float() * scale.float() + shift.float()
+    return w.to(weight.dtype), b.to(bias.dtype)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
-from modules.metrics import build_metrics
+from modules.metrics import TargetScale, build_metrics
 
 PosWeight = Literal["auto"] | list[float] | None
 
@@ -46,11 +46,23 @@ class EncoderHead(nn.Module):
     """
 
     task: ClassVar[str]
+    #: ``problem_type`` of the exported transformers model: its own loss and the text-classification pipeline's
+    #: activation follow it (sigmoid for multi-label and for one logit, softmax, none for regression).
+    problem_type: ClassVar[str]
 
     def __init__(self, label_names: Sequence[str], threshold: float = 0.5) -> None:
         super().__init__()
         self.label_names = list(label_names)
         self.threshold = threshold
+
+    def export_labels(self) -> list[str]:
+        """``id2label`` of the exported model, in output order."""
+        return self.label_names
+
+    def output_affine(self) -> tuple[Tensor, Tensor] | None:
+        """(scale, shift), each (outputs,), that turn the model's raw outputs into what :meth:`predict` reports
+        before any activation; folded into the exported model's output layer. ``None``: used as they are."""
+        return None
 
     @classmethod
     def from_data(cls, label_names: Sequence[str], *, threshold: float, pos_weight: PosWeight,
@@ -135,6 +147,7 @@ class BinaryHead(EncoderHead):
     """
 
     task = "binary"
+    problem_type = "multi_label_classification"  # one logit: BCE in transformers, sigmoid in the pipeline
 
     def __init__(self, label_names: Sequence[str], threshold: float = 0.5, pos_weight: Tensor | None = None):
         super().__init__(label_names, threshold)
@@ -147,6 +160,9 @@ class BinaryHead(EncoderHead):
     @property
     def num_outputs(self) -> int:
         return 1
+
+    def export_labels(self) -> list[str]:
+        return [self.label_names[1]]  # the one logit is the positive class's
 
     def loss(self, out: Tensor, labels: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(out.squeeze(-1), labels.float(), pos_weight=self.pos_weight)
@@ -178,6 +194,7 @@ class MultiClassHead(EncoderHead):
     """C logits, cross-entropy; ``predict``: softmax (N, C), the predicted class is the argmax."""
 
     task = "multiclass"
+    problem_type = "single_label_classification"
 
     @classmethod
     def from_data(cls, label_names, *, threshold, pos_weight, train_targets, target_stats) -> MultiClassHead:
@@ -210,6 +227,7 @@ class MultiLabelHead(EncoderHead):
     when its probability is above the threshold. Baseline: each label's training frequency."""
 
     task = "multilabel"
+    problem_type = "multi_label_classification"
 
     def __init__(self, label_names: Sequence[str], threshold: float = 0.5, pos_weight: Tensor | None = None):
         super().__init__(label_names, threshold)
@@ -229,7 +247,7 @@ class MultiLabelHead(EncoderHead):
         return labels.long()
 
     def metrics(self) -> MetricCollection:
-        return build_metrics("multilabel", self.num_outputs, threshold=self.threshold)
+        return build_metrics("multilabel", self.num_outputs, threshold=self.threshold, target_names=self.label_names)
 
     def describe_prediction(self, value: np.ndarray) -> dict:
         return {"pred": [n for n, v in zip(self.label_names, value) if v > self.threshold],
@@ -251,10 +269,13 @@ class RegressionHead(EncoderHead):
     """T values, MSE against targets standardized with the training split's ``target_mean`` and
     ``target_std`` (T,); ``predict`` gives values in original units (N, T). Baseline: the training mean.
 
-    ``label_names`` are the target names (the metrics' per-target keys ``r2_<name>`` etc.).
+    ``label_names`` are the target names (the metrics' per-target keys ``r2_<name>`` etc.). The metrics are in
+    original units (``mse``, ``rmse``, ``mae``, ``r2``) and in standardized units (``mse_std``, ``rmse_std``,
+    ``mae_std``), the units of the loss: ``val/mse_std`` is ``val/loss``.
     """
 
     task = "regression"
+    problem_type = "regression"
 
     def __init__(self, label_names: Sequence[str], threshold: float = 0.5, target_mean: Tensor | None = None,
                  target_std: Tensor | None = None):
@@ -273,8 +294,14 @@ class RegressionHead(EncoderHead):
     def predict(self, out: Tensor) -> Tensor:
         return out * self.target_std + self.target_mean
 
+    def output_affine(self) -> tuple[Tensor, Tensor]:
+        return self.target_std, self.target_mean
+
     def metrics(self) -> MetricCollection:
-        return build_metrics("regression", self.num_outputs, target_names=self.label_names)
+        # Also in standardized units (mse_std..., what the loss shows), read from target_std when computed: a
+        # checkpoint restores it after the metrics are built.
+        return build_metrics("regression", self.num_outputs, target_names=self.label_names,
+                             target_scale=TargetScale(self, "target_std"))
 
     def describe_prediction(self, value: np.ndarray) -> dict:
         return {"pred": self._values(value)}

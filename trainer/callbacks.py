@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -20,6 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from datamodules.records import write_jsonl
 from modules.base import TuneloopModule
 from trainer import evaluations
+from trainer.summary import best_validation, print_fit_summary, print_summary
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +117,21 @@ class RunArtifacts(Callback):
         self._fitted = False  # a test after this trainer's fit is the run's own test
         self._evaluation: evaluations.Evaluation | None = None
         self._figures: list[Path] = []
+        self.val_history: list[dict] = []  # every validation pass of the fit: step, epoch, val/* metrics
+        self._final: dict | None = None  # what print_final shows: set at the end of fit (and its test)
 
     def state_dict(self) -> dict:
         """The loss curve so far, saved in every checkpoint: a resumed fit's ``metrics.json`` and plots show the
         whole run, as an uninterrupted fit's would."""
         return {"train_steps": list(self.train_steps), "train_loss": list(self.train_loss),
-                "val_steps": list(self.val_steps), "val_loss": list(self.val_loss), "pending": list(self._pending)}
+                "val_steps": list(self.val_steps), "val_loss": list(self.val_loss), "pending": list(self._pending),
+                "val_history": list(self.val_history)}
 
     def load_state_dict(self, state: dict) -> None:
         self.train_steps, self.train_loss = list(state["train_steps"]), list(state["train_loss"])
         self.val_steps, self.val_loss = list(state["val_steps"]), list(state["val_loss"])
         self._pending = list(state["pending"])
+        self.val_history = list(state.get("val_history", []))  # absent in checkpoints written before it was kept
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._step_before = trainer.global_step
@@ -162,6 +167,9 @@ class RunArtifacts(Callback):
             return
         self.val_steps.append(trainer.global_step)
         self.val_loss.append(float(trainer.callback_metrics["val/loss"]))
+        if trainer.state.fn == TrainerFn.FITTING:  # the weights of this step may become the best checkpoint
+            self.val_history.append({"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                     "metrics": _floats(trainer.callback_metrics, prefix="val/")})
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._fitted = True
@@ -180,13 +188,26 @@ class RunArtifacts(Callback):
             section["monitor"] = ckpt.monitor
             if ckpt.best_model_score is not None:
                 section["best_score"] = float(ckpt.best_model_score)
+        best = best_validation(self.val_history, ckpt)
+        if best is not None:
+            section["best_val"] = best  # the validation metrics of the weights the post-fit test evaluates
         update_metrics_file(out / "metrics.json", "fit", section)
         paths = []
         if self.train_steps:
             paths.append(plots.loss_curve(self.train_steps, self.train_loss, self.val_steps, self.val_loss,
                                           out / "plots" / "loss_curve.png"))
         log_images(trainer, paths)
-        print_summary("fit", values, out)
+        from trainer.perf import Throughput
+
+        perf = next((cb.summary_rows() for cb in trainer.callbacks if isinstance(cb, Throughput)), None)
+        self._final = {"fit": values, "best": best, "perf": perf, "out": out, "test": None}
+
+    def print_final(self, trainer) -> None:
+        """The fit's one summary table (the CLI calls it after fit and its test): the best checkpoint's validation
+        metrics, beside them the label-frequency baseline and the post-fit test's metrics."""
+        final, self._final = self._final, None
+        if final is not None and trainer.is_global_zero:
+            print_fit_summary(final)
 
     def on_test_start(self, trainer, pl_module) -> None:
         # Named by stage, mode and checkpoint (trainer/evaluations.py): a re-test keeps its own files.
@@ -205,7 +226,11 @@ class RunArtifacts(Callback):
             return
         outputs = [o for rank_outputs in gathered for o in rank_outputs]
         evaluation = self._evaluation
-        write_jsonl(evaluation.predictions, _dedupe(pl_module.prediction_records(outputs)))
+        rows = _dedupe(pl_module.prediction_records(outputs))
+        write_jsonl(evaluation.predictions, rows)
+        from trainer.wandb_artifacts import log_test_results
+
+        log_test_results(trainer, rows)  # W&B: predictions table, native confusion matrix
         self._figures = pl_module.save_figures("test", outputs, evaluation.plots)
         log_images(trainer, self._figures)
 
@@ -218,6 +243,13 @@ class RunArtifacts(Callback):
         evaluations.record(self._evaluation, values, step, self._figures)
         log.info(f"test metrics, predictions and plots ({self._evaluation.name}) written to "
                  f"{self._evaluation.directory}")
+        ckpt, best = self._evaluation.checkpoint, best_checkpoint(trainer)
+        weights = ("best checkpoint" if ckpt and best and Path(ckpt) == Path(best) else Path(ckpt).stem if ckpt
+                   else "final weights" if self._fitted else "initial weights")
+        if self._final is not None:  # the fit's own test: one table with the fit's validation metrics
+            self._final["test"] = {"metrics": values, "weights": weights}
+        else:
+            print_summary("test", values, run_dir(trainer), headers={"test": f"test: {weights}"})
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -235,18 +267,30 @@ def record_export(trainer: pl.Trainer, name: str, info: dict) -> None:
     update_metrics_file(path, "exports", {**data.get("exports", {}), name: info})
 
 
+@runtime_checkable
+class ModelExport(Protocol):
+    """A module that also hands over a standalone transformers model (``save_pretrained``, an adapter merged into
+    its base): ``export_model(path)`` is called on every rank (a sharded model is gathered), rank 0 writes. The
+    encoder module is one."""
+
+    def export_model(self, path: Path) -> Path | None: ...
+
+
 class AdapterExport(Callback):
     """Exports the PEFT adapter (``PeftModel.from_pretrained``-loadable, with the tokenizer and ``prompt.json``)
-    so that ``<run dir>/adapter/`` is the model whose test metrics the run reports:
+    and, for a :class:`ModelExport` module, the standalone model, so that ``<run dir>/adapter/`` and
+    ``<run dir>/model/`` are the model whose test metrics the run reports:
 
-    * a recipe with a monitored checkpoint: ``adapter/`` is the best checkpoint, written when the post-fit
-      evaluation has loaded it (the CLI arms this with :meth:`export_loaded_weights`); the final weights go
-      to ``adapter-last/`` at the end of fit;
-    * without a monitor: the final weights are the tested ones and go to ``adapter/``.
+    * a recipe with a monitored checkpoint: ``adapter/`` and ``model/`` are the best checkpoint, written when
+      the post-fit evaluation has loaded it (the CLI arms this with :meth:`export_loaded_weights`); the final
+      weights go to ``adapter-last/`` at the end of fit (a full model's final weights stay in ``last.ckpt``);
+    * without a monitor: the final weights are the tested ones and go to ``adapter/`` and ``model/``.
 
-    ``metrics.json`` (``exports``) records the checkpoint, global step and epoch each directory holds. Every
-    rank calls the module's ``export_adapter`` (gathering a sharded adapter is a collective); it writes on
-    rank zero only. Modules without an adapter are skipped.
+    ``metrics.json`` (``exports``) records the checkpoint, global step and epoch each directory holds, and each
+    gets a model card (``README.md``, ``trainer/model_card.py``), rewritten after every test so that the card of
+    the tested weights carries their test metrics. Every rank calls the module's ``export_adapter`` and
+    ``export_model`` (gathering sharded weights is a collective); they write on rank zero only. Modules with
+    neither are skipped.
     """
 
     def __init__(self) -> None:
@@ -257,17 +301,29 @@ class AdapterExport(Callback):
         self._export_on_load = True
 
     @staticmethod
-    def _export(trainer, pl_module, name: str, info: dict) -> None:
-        if not isinstance(pl_module, TuneloopModule) or not pl_module.has_adapter:
+    def _export(trainer, pl_module, suffix: str, info: dict, model: bool) -> None:
+        """``adapter<suffix>/`` of an adapter module and, with ``model``, ``model/`` of a ModelExport module."""
+        from trainer import model_card
+
+        if not isinstance(pl_module, TuneloopModule):
             return
-        pl_module.export_adapter(run_dir(trainer) / name)
+        written = []
+        if pl_module.has_adapter:
+            pl_module.export_adapter(run_dir(trainer) / f"adapter{suffix}")
+            written.append(f"adapter{suffix}")
+        if model and isinstance(pl_module, ModelExport):
+            pl_module.export_model(run_dir(trainer) / "model")
+            written.append("model")
         if trainer.is_global_zero:
-            record_export(trainer, name, info)
+            for name in written:
+                record_export(trainer, name, info)
+            for name in written:  # a card reads every export's record (an adapter's names the merged model/)
+                model_card.write_card(run_dir(trainer), name)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         best = best_checkpoint(trainer)
         info = {"weights": "final", "global_step": trainer.global_step}
-        self._export(trainer, pl_module, "adapter-last" if best else "adapter", info)
+        self._export(trainer, pl_module, "-last" if best else "", info, model=not best)
 
     def _on_eval_start(self, trainer, pl_module) -> None:
         if not self._export_on_load:
@@ -280,10 +336,17 @@ class AdapterExport(Callback):
                 "global_step": restored.get("global_step"), "epoch": restored.get("epoch"),
                 "monitor": ckpt.monitor if ckpt is not None else None,
                 "score": float(score) if score is not None else None}
-        self._export(trainer, pl_module, "adapter", info)
+        self._export(trainer, pl_module, "", info, model=True)
 
     def on_test_start(self, trainer, pl_module) -> None:
         self._on_eval_start(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        # After RunArtifacts (earlier in the callbacks) has recorded the evaluation in metrics.json.
+        if trainer.is_global_zero:
+            from trainer import model_card
+
+            model_card.refresh_cards(run_dir(trainer))
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and trainer.state.fn == TrainerFn.VALIDATING:
@@ -348,24 +411,3 @@ def latency_summary(seconds: list[float]) -> dict:
     p95 = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
     return {"items": len(ordered), "latency_mean_s": sum(ordered) / len(ordered), "latency_p95_s": p95}
 
-
-def print_summary(stage: str, values: dict[str, float | None], out: Path) -> None:
-    """A table of the final metrics; baselines (``val/baseline_x``) shown beside their metric."""
-    from rich.console import Console
-    from rich.table import Table
-
-    base = {k.replace("baseline_", ""): v for k, v in values.items() if "/baseline_" in k}
-    table = Table(title=f"tuneloop {stage}: final metrics", caption=f"run directory: {out}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    if base:
-        table.add_column("label-frequency baseline", justify="right")
-    for key, value in values.items():
-        if "/baseline_" in key or key.startswith("perf/"):
-            continue
-        row = [key, "nan" if value is None else str(value) if isinstance(value, int) else f"{value:.4f}"]
-        if base:
-            b = base.get(key)
-            row.append("" if b is None else f"{b:.4f}")
-        table.add_row(*row)
-    Console().print(table)

@@ -19,14 +19,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from datamodules.base import TuneloopDataModule
 from modules.base import TuneloopModule
-from trainer.callbacks import AdapterExport, PredictionWriter, RunArtifacts, best_checkpoint
-from trainer.resume import FinalLastCheckpoint, ResumeState
+from trainer.callbacks import AdapterExport, ModelExport, PredictionWriter, RunArtifacts, best_checkpoint
+from trainer.summary import CompactModelSummary
+from trainer.resume import FinalLastCheckpoint, ResumeState, trained_steps
 from trainer.progress import progress_bar
 from trainer.loggers import wandb_logger_config, wandb_offline
 from trainer.run import (RunDirGuard, RunSpec, check_checkpoint, check_fit_target, is_launch_leader, publish_version,
                          resolve_version, run_dir_from_checkpoint)
 from datamodules.batch import BatchSizeError
-from trainer.logs import ensure_logging
+from trainer.logs import ensure_logging, quiet_libraries, verbosity
+from trainer.wandb_artifacts import WandbArtifacts
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,12 @@ class TuneloopCLI(LightningCLI):
         self._strategy: dict | str | None = None  # the strategy preset's Trainer value, if one is named
         self._run_guard: RunDirGuard | None = None  # rank zero: undoes a failed start (before_instantiate_classes)
         ensure_logging()
+        quiet_libraries()  # Lightning's tips and info lines, datasets' bars: back with -v
         try:
             self._init_cli(args, run)
         except BaseException:
             if self._run_guard is not None:  # a start that fails before training leaves the run directory as it was
-                trainer = getattr(self, "trainer", None)
-                self._run_guard.failed(started=trainer is not None and trainer.global_step > 0)
+                self._run_guard.failed(started=trained_steps(getattr(self, "trainer", None)) > 0)
             raise
         if self._run_guard is not None:
             self._run_guard.close()
@@ -108,37 +110,58 @@ class TuneloopCLI(LightningCLI):
             root = Path(run.root) / run.experiment
             version = resolve_version(run.version, root, dict(os.environ))
             out = root / version
-        check_checkpoint(cfg.get("ckpt_path"))  # before anything is built or written
+        check_checkpoint(cfg.get("ckpt_path"), self.subcommand or "fit")  # before anything is built or written
         if is_launch_leader(dict(os.environ)):
             fit = self.subcommand in (None, "fit")
             if fit:
                 check_fit_target(out, cfg.get("ckpt_path"), run.overwrite)
-            self._run_guard = RunDirGuard.open(out, overwrite=fit and run.overwrite)
+            self._run_guard = RunDirGuard.open(out, overwrite=fit and run.overwrite,
+                                               resume_from=cfg.get("ckpt_path") if fit else None)
         publish_version(version)
         run.version = version
         cfg.trainer.default_root_dir = str(out)
         if cfg.trainer.logger is None or cfg.trainer.logger is True:
-            logger = wandb_logger_config(out, run.project, run.experiment, version, wandb_offline(dict(os.environ)))
+            offline = wandb_offline(dict(os.environ))
+            logger = wandb_logger_config(out, run.project, run.experiment, version, offline,
+                                         tags=run.tags, job_type=run.job_type or self.subcommand or "fit")
             cfg.trainer.logger = Namespace(class_path=logger["class_path"], init_args=Namespace(**logger["init_args"]))
+            if offline:  # W&B's own banner is silenced (trainer/logs.py): say where its files go
+                log.info(f"W&B offline (no API key): {out}/wandb; upload with `wandb sync {out}/wandb/offline-run-*`")
         if cfg.trainer.accumulate_grad_batches not in (None, 1):
             raise BatchSizeError(
                 "trainer.accumulate_grad_batches is derived from data.batch (global / (micro x world size)); "
                 "set data.batch.global_batch_size instead"
             )
         self._strategy = self._apply_strategy_preset(cfg)
-        callbacks = [RunArtifacts(), PredictionWriter(), AdapterExport(), ResumeState(), FinalLastCheckpoint()]
+        callbacks = [RunArtifacts(), PredictionWriter(), AdapterExport(),
+                     WandbArtifacts(run.log_artifacts, run.experiment, version), ResumeState(), FinalLastCheckpoint()]
         user_callbacks = cfg.trainer.callbacks or []
         from trainer.guards import NonFiniteGuard  # a guard the config names (its policy) replaces the default
 
         if not any(issubclass(_callback_class(c), NonFiniteGuard) for c in user_callbacks):
             callbacks.insert(1, NonFiniteGuard())  # before AdapterExport: a fit it fails at the end exports nothing
+        from trainer.perf import Throughput  # one the config names (its peak_tflops) replaces the default
+
+        if not any(issubclass(_callback_class(c), Throughput) for c in user_callbacks):
+            callbacks.append(Throughput())  # before the progress bar, whose plain lines read its tokens/s
         has_bar = any(issubclass(_callback_class(c), ProgressBar) for c in user_callbacks)
         if cfg.trainer.enable_progress_bar is not False and not has_bar:
             callbacks.append(progress_bar())
+        if cfg.trainer.enable_model_summary is not False and verbosity() != "verbose":
+            callbacks.append(CompactModelSummary())  # one line; -v: Lightning's table
+        if self.subcommand in ("test", "validate"):
+            cfg.verbose = verbosity() == "verbose"  # Lightning's metrics table; tuneloop prints its own
         self.trainer_defaults["callbacks"] = callbacks
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        if isinstance(self.datamodule, TuneloopDataModule):  # before the logger can start a run (W&B: at setup)
+            self.datamodule.check_files(self.subcommand or "fit")
+        # RunConfigSaver logs the resolved config, which holds the model's and data's arguments: Lightning would
+        # log the module's hyperparameters a second time at the top level of the tracker's config.
+        for obj in (self.model, self.datamodule):
+            if obj is not None:
+                obj._log_hyperparams = False
         if isinstance(self.model, TuneloopModule):
             self.model.checkpoint_run_dir = self._ckpt_run_dir
             if isinstance(self.datamodule, TuneloopDataModule):
@@ -193,18 +216,23 @@ class TuneloopCLI(LightningCLI):
         return trainer
 
     def after_fit(self) -> None:
-        """Test the best checkpoint (the final weights when nothing is monitored). The exported ``adapter/`` is
-        written from the weights that evaluation loads, so it is exactly the tested model; without a post-fit
-        test, the best checkpoint is loaded by a validation pass to export it."""
+        """Test the best checkpoint (the final weights when nothing is monitored). The exported ``adapter/`` (and
+        an encoder's ``model/``) is written from the weights that evaluation loads, so it is exactly the tested
+        model; without a post-fit test, the best checkpoint is loaded by a validation pass to export it."""
         best = best_checkpoint(self.trainer)
         if best:
             for cb in self.trainer.callbacks:
                 if isinstance(cb, AdapterExport):
                     cb.export_loaded_weights()
         if self._subconfig().run.test_after_fit:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
-        elif best and isinstance(self.model, TuneloopModule) and self.model.has_adapter:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None,
+                              verbose=verbosity() == "verbose")  # tuneloop's table below has the test metrics
+        elif best and isinstance(self.model, TuneloopModule) and (self.model.has_adapter
+                                                                 or isinstance(self.model, ModelExport)):
             self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, RunArtifacts):
+                cb.print_final(self.trainer)  # one table: the best checkpoint's validation and test metrics
 
 
 def newest_checkpoint(run: Namespace, env: dict[str, str]) -> str:

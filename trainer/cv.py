@@ -96,6 +96,7 @@ def run_cv(configs: list[str], folds: int, overrides: list[str], version: str | 
         fold_metrics.append({key: float(v) for key, v in results[0].items()
                              if key.startswith("val/") and "/baseline_" not in key})
         out_dir = Path(trainer.default_root_dir).parent
+        spec, used_wandb = cli.config.fit.run, any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers)
         for logger in trainer.loggers:  # one W&B run per fold
             if type(logger).__name__ == "WandbLogger":
                 logger.experiment.finish()
@@ -104,6 +105,13 @@ def run_cv(configs: list[str], folds: int, overrides: list[str], version: str | 
     (out_dir / "cv_summary.json").write_text(json.dumps({"folds": folds, "metrics": summary}, indent=2) + "\n")
     (out_dir / "cv_summary.md").write_text(to_markdown(summary, folds))
     print_table(summary, folds, out_dir)
+    if used_wandb:  # the summary as a versioned artifact (run.log_artifacts), in a W&B run of its own
+        import os
+
+        from trainer.loggers import wandb_offline
+        from trainer.wandb_artifacts import log_cv_summary
+
+        log_cv_summary(spec, out_dir, folds, summary, wandb_offline(dict(os.environ)))
     return summary
 
 

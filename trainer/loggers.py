@@ -28,16 +28,22 @@ def wandb_offline(env: dict[str, str]) -> bool:
     return not wandb_has_credentials(env)
 
 
-def wandb_logger_config(run_dir: Path, project: str, experiment: str, version: str, offline: bool) -> dict:
-    """Config of the default WandbLogger: its files live in the run directory; it never prompts."""
-    return {
-        "class_path": "lightning.pytorch.loggers.WandbLogger",
-        "init_args": {
-            "project": project,
-            "group": experiment,
-            "name": f"{experiment}/{version}",
-            "save_dir": str(run_dir),
-            "offline": offline,
-            "log_model": False,
-        },
+def wandb_logger_config(run_dir: Path, project: str, experiment: str, version: str, offline: bool,
+                        tags: list[str] | None = None, job_type: str | None = None) -> dict:
+    """Config of the default WandbLogger: its files live in the run directory; it never prompts. ``tags`` and
+    ``job_type`` (``run.tags``, ``run.job_type`` or the command) go to ``wandb.init``. Lightning's own model
+    upload stays off (``log_model``): the exported model is uploaded as an artifact by
+    ``trainer.wandb_artifacts.WandbArtifacts`` (``run.log_artifacts``)."""
+    init_args = {
+        "project": project,
+        "group": experiment,
+        "name": f"{experiment}/{version}",
+        "save_dir": str(run_dir),
+        "offline": offline,
+        "log_model": False,
     }
+    if tags:
+        init_args["tags"] = list(tags)
+    if job_type:
+        init_args["job_type"] = job_type
+    return {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": init_args}

@@ -51,6 +51,12 @@ class RunSpec:
             earlier run is moved aside while the new one runs, put back if the new one fails before its first
             optimizer step, and deleted when the command ends otherwise. Without it such a ``fit`` stops, unless
             it resumes that run (``--ckpt_path`` inside it, or ``last``).
+        log_artifacts: Upload the exported adapter (else the model), the resolved config, the predictions and the
+            cv summary to W&B as versioned artifacts (``<experiment>-adapter``, ``-model``, ``-config``,
+            ``-predictions``, ``-predict``, ``-cv_summary``). ``null`` = when W&B runs online; ``true`` also
+            records them in an offline run (uploaded by ``wandb sync``).
+        tags: W&B tags of the run.
+        job_type: W&B job type; ``null`` = the command (``fit``, ``test``, ``predict``, ``validate``).
     """
 
     experiment: str = "default"
@@ -59,6 +65,9 @@ class RunSpec:
     project: str = "tuneloop"
     test_after_fit: bool = False
     overwrite: bool = False
+    log_artifacts: bool | None = None
+    tags: list[str] = field(default_factory=list)
+    job_type: str | None = None
 
 
 def resolve_version(requested: str | None, root: Path, env: dict[str, str]) -> str:
@@ -105,10 +114,19 @@ def is_launch_leader(env: dict[str, str]) -> bool:
     return all(int(env.get(key) or 0) == 0 for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"))
 
 
-def check_checkpoint(ckpt_path: str | None) -> None:
-    """Refuse a missing, empty or truncated checkpoint file before anything is built or written. Lightning's
-    names (``best``, ``last``...), remote URLs and directories (sharded and DeepSpeed checkpoints) are left to
-    Lightning."""
+# What every Lightning checkpoint holds (``Trainer.save_checkpoint``), and what a fit resumes from beyond the
+# weights (absent from a ``ModelCheckpoint(save_weights_only=True)`` checkpoint).
+CHECKPOINT_KEYS = ("pytorch-lightning_version", "state_dict")
+RESUME_KEYS = ("optimizer_states", "lr_schedulers")
+FOREIGN_HINT = ("--ckpt_path takes a checkpoint that tuneloop fit wrote (runs/<experiment>/<version>/checkpoints/"
+                "*.ckpt); pretrained weights go in model.backbone.name_or_path")
+
+
+def check_checkpoint(ckpt_path: str | None, stage: str = "fit") -> None:
+    """Refuse, before anything is built or written, a ``--ckpt_path`` file that is missing, empty, truncated or no
+    Lightning checkpoint (a safetensors file, a ``torch.save`` of another dict: named with what it lacks), and for
+    ``fit`` a weights-only one (nothing to resume). Lightning's names (``best``, ``last``...), remote URLs and
+    directories (sharded and DeepSpeed checkpoints) are left to Lightning."""
     if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES or "://" in ckpt_path:
         return
     path = Path(ckpt_path)
@@ -122,13 +140,44 @@ def check_checkpoint(ckpt_path: str | None) -> None:
     if size == 0:
         raise CheckpointError(f"--ckpt_path {path}: the file is empty (0 bytes)", hint)
     with path.open("rb") as f:
-        head = f.read(2)
-    if head == b"PK":  # torch.save's zip format: its directory is at the very end, so a cut file has none
+        head = f.read(9)
+    if head[:2] == b"PK":  # torch.save's zip format: its directory is at the very end, so a cut file has none
         if not zipfile.is_zipfile(path):
             raise CheckpointError(f"--ckpt_path {path}: truncated checkpoint ({size} bytes, the end of the file is "
                                   "missing)", hint)
+        _check_contents(path, stage)
+    elif len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < size:
+        # safetensors: an 8-byte header length, then the JSON header
+        raise CheckpointError(f"--ckpt_path {path}: a safetensors file (tensors only), not a Lightning checkpoint: "
+                              f"it has no {' or '.join(map(repr, CHECKPOINT_KEYS))}", FOREIGN_HINT)
     elif head[:1] != b"\x80":  # nor a legacy (pickle) checkpoint
-        raise CheckpointError(f"--ckpt_path {path}: not a PyTorch checkpoint (it starts with {head!r})", hint)
+        raise CheckpointError(f"--ckpt_path {path}: not a PyTorch checkpoint (it starts with {head[:2]!r})", hint)
+
+
+def _check_contents(path: Path, stage: str) -> None:
+    """The keys of a zip-format checkpoint, read memory-mapped (its tensors stay on disk). A file that does not load
+    with ``weights_only=True`` is left to Lightning (a configured ``CheckpointIO`` may load it otherwise)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not this check's to report
+        return
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"--ckpt_path {path}: not a Lightning checkpoint: it holds a {type(checkpoint).__name__}"
+                              f", not a dict with {' and '.join(map(repr, CHECKPOINT_KEYS))}", FOREIGN_HINT)
+    keys = sorted(map(str, checkpoint))
+    found = f"{', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}" if keys else "none"
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"--ckpt_path {path}: not a Lightning checkpoint: it has no "
+                              f"{' or '.join(map(repr, missing))} (its keys: {found})", FOREIGN_HINT)
+    missing = [k for k in RESUME_KEYS if k not in checkpoint]
+    if stage == "fit" and missing:
+        raise CheckpointError(f"--ckpt_path {path}: a weights-only checkpoint (no {' or '.join(map(repr, missing))}): "
+                              "a fit cannot resume from it",
+                              "resume from a full checkpoint (ModelCheckpoint save_weights_only: false), or "
+                              "evaluate this one with tuneloop test")
 
 
 def _holds_files(directory: Path) -> bool:
@@ -160,7 +209,8 @@ class RunDirGuard:
     """What a run directory held before this launch, so that a start which fails before training leaves it as it
     was: what the launch added is removed (the directory and its new parents too when the launch made them), small
     files it rewrote (``config.yaml``, ``metrics.json``...) get their bytes back, and an earlier run that
-    ``run.overwrite`` moved aside is put back. Used on global rank zero only.
+    ``run.overwrite`` moved aside is put back. A resumed fit that fails after training more steps keeps them, but
+    ``config.yaml`` stays the earlier run's (the resume wrote its own at the start). Used on global rank zero only.
 
     Attributes:
         out: The run directory.
@@ -168,6 +218,7 @@ class RunDirGuard:
         kept: The bytes of its files up to :data:`KEEP_BYTES` (checkpoints are larger, and a start never writes them).
         made: The directories the launch may create: ``out`` and its parents that did not exist.
         replaced: Where ``run.overwrite`` moved the earlier run (deleted by :meth:`close`).
+        resume: The launch resumes the run in ``out`` (a fit from a checkpoint inside it).
     """
 
     out: Path
@@ -175,11 +226,12 @@ class RunDirGuard:
     kept: dict[str, bytes] = field(default_factory=dict)
     made: list[Path] = field(default_factory=list)
     replaced: Path | None = None
+    resume: bool = False
 
     @classmethod
-    def open(cls, out: Path, overwrite: bool = False) -> "RunDirGuard":
+    def open(cls, out: Path, overwrite: bool = False, resume_from: str | None = None) -> "RunDirGuard":
         """Snapshot ``out``; with ``overwrite``, first move an earlier run in it aside
-        (``.<version>.replaced-<pid>``)."""
+        (``.<version>.replaced-<pid>``). ``resume_from``: the checkpoint a fit starts from."""
         replaced = None
         if overwrite and _holds_files(out):
             replaced = out.with_name(f".{out.name}.replaced-{os.getpid()}")
@@ -188,11 +240,15 @@ class RunDirGuard:
         paths = list(out.rglob("*")) if out.is_dir() else []
         small = [p for p in paths if p.is_file() and p.stat().st_size <= KEEP_BYTES]
         kept = {str(p.relative_to(out)): p.read_bytes() for p in small}
-        return cls(out, {str(p.relative_to(out)) for p in paths}, kept, made, replaced)
+        return cls(out, {str(p.relative_to(out)) for p in paths}, kept, made, replaced,
+                   resume=not overwrite and _inside(resume_from, out))
 
     def failed(self, started: bool) -> None:
-        """After an exception. ``started``: training had begun, so what it wrote stays and replaces the earlier run."""
+        """After an exception. ``started``: this launch took an optimizer step, so what it wrote stays (and replaces
+        the earlier run); a resume gets the earlier run's ``config.yaml`` back all the same."""
         if started:
+            if self.resume and "config.yaml" in self.kept:
+                (self.out / "config.yaml").write_bytes(self.kept["config.yaml"])
             self.close()
             return
         _finish_wandb()

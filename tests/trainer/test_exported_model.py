@@ -1,7 +1,8 @@
 """What a run reports is what it hands over: the exported adapter is the tested model, reloads with transformers +
 peft alone in a fresh process (prompted through its ``prompt.json`` and a plain ``tokenizer(prompt)``) and
 reproduces every row of ``predictions.jsonl``; a checkpoint restores the base it was trained on whatever the
-seed; the README's snippet works as written.
+seed; the README's snippet and the model card's (``adapter/README.md``) work as written, and the card reports the
+test metrics of exactly the exported weights. (Encoders: ``test_encoder_export.py``.)
 
 One debug fit of the intent recipe (CLI, as a user runs it) with a checkpoint monitor that keeps the first
 epoch, so the tested checkpoint (step 3) and the final weights (step 6) are different models. The learning
@@ -131,15 +132,72 @@ def test_checkpoint_reloads_its_saved_base_whatever_the_seed(intent_run):
     assert [r["generation"] for r in predicted] == [tested[r["id"]] for r in predicted]
 
 
-def test_readme_snippet_reproduces_a_test_prediction(intent_run):
+def test_readme_and_model_card_snippets_reproduce_a_test_prediction(intent_run):
+    """The README's snippet and the one in ``adapter/README.md`` (the model card), as written, in one fresh process."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     code = re.search(r"<!-- reload-snippet -->\n```python\n(.*?)```", readme, re.S).group(1)
+    card = re.search(r"```python\n(.*?)```", (intent_run / "adapter" / "README.md").read_text(encoding="utf-8"),
+                     re.S).group(1)
     row = _rows(intent_run / "predictions.jsonl")[0]
     text = {r["id"]: r["text"] for r in _rows(ROOT / "data/samples/intent/test.jsonl")}[row["id"]]
     assert '"runs/intent-exaone-lora/<version>"' in code and '"내일 날씨 알려줘"' in code
     code = code.replace('"runs/intent-exaone-lora/<version>"', repr(str(intent_run))).replace(
         '"내일 날씨 알려줘"', repr(text))
+    assert f'run = "{intent_run}"' in card and '"<utterance>"' in card
+    code += "\n" + card.replace('"<utterance>"', repr(text))
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout == row["generation"] + "\n"
+    assert proc.stdout == row["generation"] + "\n" + row["generation"] + "\n"
+
+
+def _shown(value) -> str:
+    return "nan" if value is None else f"{value:.4f}"
+
+
+def test_adapter_cards_describe_the_tested_weights(intent_run):
+    metrics = json.loads((intent_run / "metrics.json").read_text())
+    card = (intent_run / "adapter" / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlibrary_name: peft\npipeline_tag: text-generation\n")
+    for key, value in metrics["test"]["metrics"].items():
+        assert f"| `{key}` | {_shown(value)} |" in card
+    assert "best checkpoint by `val/loss`" in card and "global step 3, epoch 0" in card
+    assert "| labels | `지식`, `이미지생성`, `3D`, `4D`, `날씨`, `일정`, `잡담`, `기타` |" in card
+    assert "train `data/samples/intent/train.jsonl`" in card
+    assert (intent_run / "config.yaml").read_text(encoding="utf-8").rstrip("\n") in card  # the recipe, verbatim
+    last = (intent_run / "adapter-last" / "README.md").read_text(encoding="utf-8")
+    assert "the final weights of the fit, global step 6" in last and "No test of these weights has run yet" in last
+
+
+def test_vision_language_card_from_the_run_files(tmp_path):
+    """A card is built from the run directory's files alone: a VLM adapter's (no fit needed), with the metrics of
+    the evaluation of its own weights only (the post-fit test of the final weights, not a later checkpoint's)."""
+    from trainer.model_card import refresh_cards
+
+    run = tmp_path / "vlm-ppe" / "v1"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text(
+        "run: {experiment: vlm-ppe, version: v1}\n"
+        "model: {class_path: modules.vision_language.VisionLanguageModule, init_args: {backbone: "
+        "{name_or_path: Qwen/Qwen2.5-VL-32B-Instruct}, lora: {r: 16, alpha: 32}}}\n"
+        "data: {init_args: {train_file: data/ppe/train.jsonl, test_file: data/ppe/test.jsonl, val_file: null}}\n")
+    (run / "metrics.json").write_text(json.dumps({
+        "fit": {"global_step": 5, "epochs": 1, "world_size": 1, "accumulate_grad_batches": 8},
+        "exports": {"adapter": {"weights": "final", "global_step": 5}},
+        "evaluations": {"test-final": {"name": "test-final", "checkpoint": None, "global_step": 5,
+                                       "metrics": {"test/accuracy": 0.75, "test/unparseable": None}},
+                        "test-last": {"name": "test-last", "checkpoint": str(run / "checkpoints/last.ckpt"),
+                                      "global_step": 5, "metrics": {"test/accuracy": 0.5}}}}))
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(
+        {"task_type": "CAUSAL_LM", "base_model_name_or_path": "Qwen/Qwen2.5-VL-32B-Instruct"}))
+    (run / "adapter" / "prompt.json").write_text(json.dumps({"format": "chat", "fields": ["image", "messages"],
+                                                            "system_prompt": "You check PPE."}))
+    assert refresh_cards(run) == [run / "adapter" / "README.md"]
+    card = (run / "adapter" / "README.md").read_text(encoding="utf-8")
+    assert "base_model: Qwen/Qwen2.5-VL-32B-Instruct\npipeline_tag: image-text-to-text" in card
+    assert "| `test/accuracy` | 0.7500 |" in card and "0.5000" not in card and "| `test/unparseable` | nan |" in card
+    assert "train `data/ppe/train.jsonl`, test `data/ppe/test.jsonl` |" in card and "| adapter | r 16, alpha 32 |" in card
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    compile(code, "card", "exec")
+    assert "AutoModelForImageTextToText.from_pretrained(\"Qwen/Qwen2.5-VL-32B-Instruct\")" in code
+    assert 'prompt["system_prompt"]' in code

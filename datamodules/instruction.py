@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from datamodules.base import ResumableSampler, TuneloopDataModule
-from datamodules.records import DataConfigError, RecordError, RecordFile, check_text, load_record_file, require_fields
+from datamodules.chat_templates import resolve_chat_template
+from datamodules.records import DataConfigError, RecordError, RecordFile, check_text, require_fields
+from datamodules.sources import DataSource, MixStopping, describe, load_source
 from datamodules.templates import (
     ALPACA_NO_INPUT_TEMPLATE,
     ALPACA_TEMPLATE,
@@ -38,17 +40,24 @@ from datamodules.templates import (
     truncate,
 )
 from datamodules.batch import BatchSpec
-from datamodules.collate import pad_causal
+from datamodules.collate import pack_causal, pad_causal
 
 class InstructionDataModule(TuneloopDataModule):
     """Instruction-tuning and generative-classification data for causal LMs.
 
     Args:
         format: ``alpaca``, ``chat`` or ``intent`` (see the module docstring).
-        train_file: Training records (.jsonl, .csv or .parquet).
-        val_file: Validation records.
+        train_file: Training records: a .jsonl, .csv or .parquet file, a dataset ``hf://owner/name?split=train``
+            (also ``subset``, ``revision``, ``data_files``), or a mix ``[{source: ..., weight: ...}, ...]``
+            (``datamodules.sources``).
+        val_file: Validation records (a file, dataset or mix, as ``train_file``).
         test_file: Test records (``tuneloop test``).
         predict_file: Records to predict (default: the test file).
+        mix_stopping: A mix ends when every source has been drawn in full (``all_exhausted``: small sources repeat)
+            or when the first runs out (``first_exhausted``).
+        chat_template: Chat format: the template that renders ``messages``, overriding the tokenizer's: a bundled
+            name (``alpaca``, ``chatml``, ``llama-2``, ``exaone``; ``datamodules.chat_templates``) or a Jinja file.
+            The same template renders prompts at generation and goes into ``prompt.json``.
         text_field: Intent format: field with the utterance.
         label_field: Intent format: field with the label.
         labels: Intent format: the allowed labels, in order (the prompt lists them).
@@ -59,6 +68,13 @@ class InstructionDataModule(TuneloopDataModule):
             first, then the response from the right; a sample left with no response token is dropped),
             ``drop`` (skip it) or ``error`` (stop, naming the record).
         group_by_length: Batch samples of similar length together (less padding); order stays seeded.
+        packing: Pack each micro batch's records into rows instead of padding them (padding-free): positions
+            restart at every record and attention never crosses a record boundary (transformers' packed-sequence
+            masks; flash-attention's varlen path). A micro batch still holds ``batch.micro_batch_size`` records, so
+            the global batch, accumulation and the step's loss-token mean are unchanged; no record is cut.
+        packing_row_tokens: With ``packing``: tokens per packed row. ``null`` packs the whole micro batch into one
+            row (no padding at all); a number packs first-fit-decreasing into rows of at most that many tokens
+            (a record longer than that gets a row of its own), padded to the longest row.
         num_sample_prompts: Validation prompts whose generations are logged every validation epoch.
         batch: Global and micro batch size (accumulation is derived from the world size at launch).
         num_workers: DataLoader worker processes.
@@ -69,10 +85,12 @@ class InstructionDataModule(TuneloopDataModule):
     def __init__(
         self,
         format: Literal["alpaca", "chat", "intent"],
-        train_file: str | None = None,
-        val_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
+        train_file: DataSource | None = None,
+        val_file: DataSource | None = None,
+        test_file: DataSource | None = None,
+        predict_file: DataSource | None = None,
+        mix_stopping: MixStopping = "all_exhausted",
+        chat_template: str | None = None,
         text_field: str = "text",
         label_field: str = "label",
         labels: list[str] | None = None,
@@ -81,6 +99,8 @@ class InstructionDataModule(TuneloopDataModule):
         cutoff_len: int = 256,
         overlong: Literal["truncate", "drop", "error"] = "truncate",
         group_by_length: bool = False,
+        packing: bool = False,
+        packing_row_tokens: int | None = None,
         num_sample_prompts: int = 4,
         batch: BatchSpec | None = None,
         num_workers: int = 0,
@@ -95,7 +115,11 @@ class InstructionDataModule(TuneloopDataModule):
                 raise ValueError(f"data.labels has duplicates: {labels}")
         if cutoff_len < 8:
             raise ValueError(f"data.cutoff_len must be >= 8, got {cutoff_len}")
-        self.format = format
+        if chat_template is not None and format != "chat":
+            raise ValueError(f"data.chat_template applies to format 'chat' (messages); format {format!r} renders "
+                             "its records with its own prompt")
+        self.chat_template = resolve_chat_template(chat_template)
+        self.format, self.mix_stopping = format, mix_stopping
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file or test_file}
         self.text_field, self.label_field = text_field, label_field
         self.labels = list(labels) if labels else None
@@ -104,6 +128,9 @@ class InstructionDataModule(TuneloopDataModule):
         self.cutoff_len = cutoff_len
         self.overlong = overlong
         self.group_by_length = group_by_length
+        if packing_row_tokens is not None and packing_row_tokens < 1:
+            raise ValueError(f"data.packing_row_tokens must be >= 1 (or null: one row), got {packing_row_tokens}")
+        self.packing, self.packing_row_tokens = packing, packing_row_tokens
         self.num_sample_prompts = num_sample_prompts
         self.cache_dir = cache_dir
         self.truncation_report: dict[str, dict[str, int]] = {}
@@ -142,8 +169,10 @@ class InstructionDataModule(TuneloopDataModule):
                         fields=["instruction", "input"],
                         answer="the response; template_without_input when input is empty")
         else:
-            spec.update(template=None, fields=["messages"], tokenize="tokenizer.apply_chat_template(messages, "
-                        "add_generation_prompt=True)", answer="the assistant turn")
+            spec.update(template=None, fields=["messages"], chat_template=self.chat_template, answer="the assistant turn",
+                        tokenize="tokenizer.apply_chat_template(messages, chat_template=chat_template, "
+                        "add_generation_prompt=True) (chat_template null: the tokenizer's own)",
+                        answer_ends_with="the chat template's end of turn (and eos_token when it is not one)")
         return spec
 
     # ----- validation and rendering ---------------------------------------------------------------------
@@ -170,16 +199,18 @@ class InstructionDataModule(TuneloopDataModule):
                 check_messages(rf, i, messages, need_answer=need_targets)
 
     def _prepare(self, split: str, need_targets: bool):
-        rf = load_record_file(self.files[split], self.cache_dir)
-        self._validate(rf, need_targets)
+        rf = load_source(self.files[split], self.cache_dir, seed=self.seed, stopping=self.mix_stopping,
+                         check=lambda part: self._validate(part, need_targets))
         tokenizer, cutoff, overlong = self.tokenizer, self.cutoff_len, self.overlong
         id_field = self.id_field if self.id_field in rf.dataset.column_names else None
         fmt, labels, instruction = self.format, self.labels, self.intent_instruction
         text_field, label_field = self.text_field, self.label_field
-        bos = adds_bos(tokenizer)
+        template = (self.chat_template or getattr(tokenizer, "chat_template", None)) if fmt == "chat" else None
+        bos = adds_bos(tokenizer) and not template  # a chat template writes its own BOS, as apply_chat_template
 
         def encode(record: dict, index: int) -> dict:
-            segments, reference = render_record(record, fmt, tokenizer, labels, instruction, text_field, label_field)
+            segments, reference = render_record(record, fmt, tokenizer, labels, instruction, text_field, label_field,
+                                                template)
             full = tokenize_segments(segments, tokenizer, add_bos=bos)
             # The prompt alone (everything before the last response), for generation and ranking.
             last = max(i for i, s in enumerate(segments) if s.train) if any(s.train for s in segments) else len(segments)
@@ -212,20 +243,20 @@ class InstructionDataModule(TuneloopDataModule):
             keep = [i for i, s in enumerate(statuses) if s != "dropped"]
         if not keep:  # empty work is an error, before any training starts
             why = "" if overlong == "drop" else "; none kept a response token"
-            raise RecordError(str(rf.path), None, f"overlong: {overlong} removed {len(ds)} of {len(ds)} records "
+            raise RecordError(rf.name, None, f"overlong: {overlong} removed {len(ds)} of {len(ds)} records "
                               f"(cutoff_len={cutoff}{why}), leaving no {split} data; raise data.cutoff_len")
         if len(keep) != len(ds):
             ds = ds.select(keep)
         self.truncation_report[split] = report
         if any(report[k] for k in ("prompt_truncated", "response_truncated", "dropped")):
-            self.log_report(f"{self.files[split]}: {report['prompt_truncated']} prompts truncated, "
+            self.log_report(f"{describe(self.files[split])}: {report['prompt_truncated']} prompts truncated, "
                   f"{report['response_truncated']} responses truncated, {report['dropped']} samples dropped "
                   f"(cutoff_len={cutoff}, overlong={overlong})")
         return ds
 
     def setup(self, stage: str) -> None:
         stage = stage.value if isinstance(stage, Enum) else stage  # Lightning passes a TrainerFn (a str enum)
-        self.collate_fn = CausalCollator(self.tokenizer.pad_token_id)
+        self.collate_fn = CausalCollator(self.tokenizer.pad_token_id, self.packing, self.packing_row_tokens)
         if stage in ("fit", "validate"):
             for split in ("train", "val"):
                 if split not in self.splits:
@@ -256,8 +287,9 @@ class InstructionDataModule(TuneloopDataModule):
 
 def render_record(record: dict, fmt: str, tokenizer, labels: list[str] | None = None,
                   intent_instruction: str = INTENT_INSTRUCTION, text_field: str = "text",
-                  label_field: str = "label") -> tuple[list[Segment], str]:
-    """Segments of one record and its reference answer text (empty when the record has no answer)."""
+                  label_field: str = "label", chat_template: str | None = None) -> tuple[list[Segment], str]:
+    """Segments of one record and its reference answer text (empty when the record has no answer); a chat is
+    rendered with ``chat_template`` (default: the tokenizer's)."""
     if fmt == "alpaca":
         answer = record.get("output") or ""
         return [Segment(alpaca_prompt(record["instruction"], record.get("input") or ""), False),
@@ -268,20 +300,22 @@ def render_record(record: dict, fmt: str, tokenizer, labels: list[str] | None = 
                 Segment(answer, True)], answer
     messages = record["messages"]
     answer = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
-    return chat_segments(messages, tokenizer), answer
+    return chat_segments(messages, tokenizer, chat_template), answer
 
 
 class CausalCollator:
     """Right-padded ``input_ids``/``labels``/``attention_mask`` (batch, seq) for the loss, left-padded
     ``prompt_ids``/``prompt_mask`` (batch, prompt_seq) for generation and label ranking, and ``loss_tokens``
-    (int): the batch's tokens that enter the loss."""
+    (int): the batch's tokens that enter the loss. With ``packing``, the records are packed into rows instead
+    (``datamodules.collate.pack_causal``: ``input_ids``/``labels``/``attention_mask``/``position_ids`` are
+    (rows, seq)); ``prompt_ids``, ``id`` and ``reference`` stay one per record."""
 
-    def __init__(self, pad_token_id: int):
-        self.pad = pad_token_id
+    def __init__(self, pad_token_id: int, packing: bool = False, row_tokens: int | None = None):
+        self.pad, self.packing, self.row_tokens = pad_token_id, packing, row_tokens
 
     def __call__(self, features: list[dict]) -> dict:
-        return {**pad_causal(features, self.pad), "id": [f["id"] for f in features],
-                "reference": [f["reference"] for f in features]}
+        causal = pack_causal(features, self.pad, self.row_tokens) if self.packing else pad_causal(features, self.pad)
+        return {**causal, "id": [f["id"] for f in features], "reference": [f["reference"] for f in features]}
 
 
 class LengthGroupedSampler(ResumableSampler):

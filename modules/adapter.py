@@ -117,6 +117,8 @@ class AdapterBackbone:
             if prompt is not None:
                 (tmp / "prompt.json").write_text(json.dumps(prompt, indent=2, ensure_ascii=False) + "\n",
                                                  encoding="utf-8")
+                if prompt.get("chat_template"):  # the recipe's template, so AutoTokenizer(adapter dir) carries it
+                    (tmp / "chat_template.jinja").write_text(prompt["chat_template"], encoding="utf-8")
 
         return write_dir_atomically(path, fill)
 

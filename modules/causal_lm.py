@@ -136,8 +136,11 @@ class CausalLMModule(TuneloopModule):
 
     # ----- loss -------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:
-        """Logits (batch, seq, vocab)."""
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        """Logits (batch, seq, vocab); of packed rows (``data.packing``) when the batch has ``position_ids``."""
+        if "position_ids" in batch:
+            return packed_logits(self.model, batch["input_ids"], batch["position_ids"])
+        # No KV cache in a training or loss forward (transformers builds one by default: memory for nothing).
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # A mean over the loss tokens of the whole optimizer step (all micro batches, all processes), so the
@@ -307,6 +310,25 @@ class CausalLMModule(TuneloopModule):
                  "generation": text, "reference": ref}
                 for rid, prompt, text, ref in zip(batch["id"], prompts, texts, batch["reference"])]
         return SampleGenerations(rows, ["epoch", "step", "id", "prompt", "generation", "reference"])
+
+
+def packed_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Logits (rows, seq, vocab) of packed rows (``datamodules.collate.pack_causal``): several records per row,
+    ``position_ids`` (rows, seq) restarting at 0 at every record.
+
+    The model gets the positions and no ``attention_mask`` and no cache: that is when transformers' mask code
+    (``masking_utils.find_packed_sequence_indices``) reads the record boundaries from the positions and builds a
+    block-diagonal causal mask (sdpa, eager, flex); a cache, which a forward creates unless ``use_cache=False``,
+    would switch that off. Flash-attention reads the boundaries from the positions too (its varlen kernel), but
+    only in a batch of one row, so under flash-attention the rows are laid end to end into one (each row's
+    records, and its padding segment, start at position 0, so the rows stay apart)."""
+    from transformers.utils.generic import is_flash_attention_requested
+
+    rows, width = input_ids.shape
+    if rows > 1 and is_flash_attention_requested(model.config):
+        input_ids, position_ids = input_ids.reshape(1, rows * width), position_ids.reshape(1, rows * width)
+    logits = model(input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False).logits
+    return logits.view(rows, width, -1)
 
 
 _PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)

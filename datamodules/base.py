@@ -10,14 +10,34 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.batch import BatchSpec
-from datamodules.records import DataConfigError
+from datamodules.records import SUPPORTED, DataConfigError, RecordError, file_format
 
 log = logging.getLogger(__name__)
+
+
+def check_data_file(source: str) -> None:
+    """What ``records.load_record_file`` checks first, with its messages, without reading the records: ``source``
+    (``file.xlsx#Sheet``: the workbook) is an existing file of a supported type, readable and not empty."""
+    path = Path(source.rpartition("#")[0] if source.rpartition("#")[0].lower().endswith(".xlsx") else source)
+    if path.is_dir():
+        raise IsADirectoryError(f"data file {path} is a directory; give a {SUPPORTED} file")
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise FileNotFoundError(f"data file not found: {path}{where}")
+    fmt = file_format(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+    except PermissionError as e:
+        raise DataConfigError(f"data file {path} cannot be read: {e.strerror.lower()}") from None
+    if not head or (fmt in ("json", "csv") and not head.strip() and len(head) < 1 << 16):
+        raise RecordError(str(path), None, "file has no records")
 
 
 class ResumableSampler(DistributedSampler):
@@ -61,6 +81,7 @@ class TuneloopDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.splits: dict[str, Dataset] = {}
+        self.files: dict = {}  # split -> data source (a file, ``hf://...`` or a mix); subclasses fill it
         self.collate_fn = None
         self._tokenizer = None
         # Exact resume: the (epoch, micro batch) a checkpoint resumes at, and the train sampler to start there.
@@ -90,6 +111,27 @@ class TuneloopDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.is_global_zero:
             log.info(message)
+
+    def check_files(self, stage: str) -> None:
+        """The cheap checks of the data files ``stage`` reads, before anything is built, logged or written (the CLI
+        calls this before the logger can start a run): the file a stage needs is set, and every local file it
+        reads exists, is a file of a supported type and is not empty. Their records are checked by ``setup``;
+        ``hf://`` datasets when they load."""
+        stage = str(getattr(stage, "value", stage))  # Lightning's TrainerFn
+        required = {"fit": "train", "test": "test", "predict": "predict"}.get(stage)
+        if required and not self.files.get(required):
+            name = "predict_file (or data.test_file)" if required == "predict" else f"{required}_file"
+            raise DataConfigError(f"data.{name} is required to {stage}")
+        reads = {"fit": ("train", "val"), "validate": ("val",) if self.files.get("val") else ("train",),
+                 "test": ("test",), "predict": ("predict",)}.get(stage, ())
+        for split in reads:
+            source = self.files.get(split)
+            items = [source] if isinstance(source, str) else list(source or [])  # a mix: its items' sources
+            for item in items:
+                path = item if isinstance(item, str) else item.get("source") if isinstance(item, dict) else \
+                    getattr(item, "source", None)
+                if isinstance(path, str) and "://" not in path:
+                    check_data_file(path)
 
     def prompt_spec(self) -> dict | None:
         """How a record becomes the model's prompt, written as ``prompt.json`` beside an exported adapter so the

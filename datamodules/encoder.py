@@ -15,8 +15,8 @@ import torch
 
 from datamodules.base import TuneloopDataModule
 from datamodules.collate import PadCollator
-from datamodules.records import (DataConfigError, RecordFile, check_number, check_text, file_format, load_record_file,
-                                 require_fields)
+from datamodules.records import DataConfigError, RecordFile, check_number, check_text, require_fields
+from datamodules.sources import DataSource, MixStopping, load_source, per_record
 from datamodules.batch import BatchSpec
 
 Task = Literal["binary", "multiclass", "multilabel", "regression"]
@@ -123,7 +123,7 @@ class MultiLabelEncoding(TargetEncoding):
         field = self.label_fields[0]
         if isinstance(value, list):
             return value
-        if value is None and file_format(rf.path) != "json" and self.delimiter is not None:
+        if value is None and rf.tabular and self.delimiter is not None:
             return []  # an empty CSV/spreadsheet cell
         if not isinstance(value, str) or self.delimiter is None:
             how = "" if self.delimiter is None else f" or text joined by {self.delimiter!r}"
@@ -230,11 +230,15 @@ class EncoderDataModule(TuneloopDataModule):
         labels: The label set of a classification task, in a fixed order (binary: ``[negative, positive]``).
         label_delimiter: Multilabel: a label field given as text (a CSV, Parquet or .xlsx column) is split at this
             delimiter (``porosity|spatter``; empty: no labels); a list (JSONL) is taken as it is. ``null``: lists only.
-        train_file: Training records (.jsonl, .csv, .parquet, or .xlsx: the first sheet, or ``file.xlsx#Sheet``).
+        train_file: Training records (.jsonl, .csv, .parquet, or .xlsx: the first sheet, or ``file.xlsx#Sheet``), a
+            dataset ``hf://owner/name?split=train`` (also ``subset``, ``revision``, ``data_files``), or a mix
+            ``[{source: ..., weight: ...}, ...]`` (``datamodules.sources``); the other files take the same.
         val_file: Validation records; if unset, ``val_fraction`` of the training file (seeded, stratified).
         test_file: Test records (``tuneloop test``).
         predict_file: Records to predict (``tuneloop predict``); targets optional. Defaults to the test file.
         id_field: Field that identifies a record in predictions.jsonl (row number when absent).
+        mix_stopping: A mix ends when every source has been drawn in full (``all_exhausted``: small sources repeat)
+            or when the first runs out (``first_exhausted``).
         val_fraction: Validation share split off the training file when there is no ``val_file``.
         num_folds: K of K-fold cross-validation (set by ``tuneloop cv``); train+val files form the pool.
         fold: Which fold (0-based) is the validation fold.
@@ -252,11 +256,12 @@ class EncoderDataModule(TuneloopDataModule):
         label_fields: list[str],
         labels: list[str] | None = None,
         label_delimiter: str | None = "|",
-        train_file: str | None = None,
-        val_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
+        train_file: DataSource | None = None,
+        val_file: DataSource | None = None,
+        test_file: DataSource | None = None,
+        predict_file: DataSource | None = None,
         id_field: str | None = "id",
+        mix_stopping: MixStopping = "all_exhausted",
         val_fraction: float = 0.1,
         num_folds: int | None = None,
         fold: int | None = None,
@@ -282,7 +287,7 @@ class EncoderDataModule(TuneloopDataModule):
         self.labels = list(labels) if labels else None
         self.label_delimiter = label_delimiter
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file or test_file}
-        self.id_field = id_field
+        self.id_field, self.mix_stopping = id_field, mix_stopping
         self.val_fraction = val_fraction
         self.num_folds, self.fold = num_folds, fold
         self.max_length = max_length
@@ -310,19 +315,27 @@ class EncoderDataModule(TuneloopDataModule):
 
     # ----- loading and validation -----------------------------------------------------------------------
     def _load(self, split: str, need_targets: bool):
-        path = self.files[split]
-        rf = load_record_file(path, self.cache_dir)
-        has_targets = all(f in rf.dataset.column_names for f in self.label_fields)
-        targets_read = need_targets or has_targets
-        # An empty CSV/spreadsheet cell is a multilabel record without labels, not a missing field.
-        may_be_empty = self.task == "multilabel" and self.label_delimiter is not None and file_format(rf.path) != "json"
-        require_fields(rf, self.text_fields + (self.label_fields if targets_read and not may_be_empty else []))
-        if targets_read and may_be_empty and self.label_fields[0] not in rf.dataset.column_names:
-            require_fields(rf, self.label_fields)  # names the missing column
-        for field in self.text_fields:
-            check_text(rf, field, numbers=True)
-        targets = self.encoding.encode(rf) if targets_read else None
-        return rf, targets
+        checked: dict[int, np.ndarray | None] = {}  # targets of each source, checked before any mixing
+
+        def check(rf) -> None:
+            has_targets = all(f in rf.dataset.column_names for f in self.label_fields)
+            targets_read = need_targets or has_targets
+            # An empty CSV/spreadsheet cell is a multilabel record without labels, not a missing field.
+            may_be_empty = self.task == "multilabel" and self.label_delimiter is not None and rf.tabular
+            require_fields(rf, self.text_fields + (self.label_fields if targets_read and not may_be_empty else []))
+            if targets_read and may_be_empty and self.label_fields[0] not in rf.dataset.column_names:
+                require_fields(rf, self.label_fields)  # names the missing column
+            for field in self.text_fields:
+                check_text(rf, field, numbers=True)
+            checked[id(rf)] = self.encoding.encode(rf) if targets_read else None
+
+        rf = load_source(self.files[split], self.cache_dir, seed=self.seed, stopping=self.mix_stopping, check=check)
+        if id(rf) in checked:  # one source
+            return rf, checked[id(rf)]
+        if any(t is None for t in checked.values()):  # a mix reads targets when every source has them
+            return rf, None
+        targets = per_record(rf, checked)
+        return rf, np.asarray(targets, dtype=next(iter(checked.values())).dtype)
 
     def _tokenize(self, rf: RecordFile, targets: np.ndarray | None, split: str):
         tokenizer = self.tokenizer

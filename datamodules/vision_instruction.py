@@ -27,7 +27,8 @@ from typing import Literal
 from torch.utils.data import Dataset
 
 from datamodules.base import TuneloopDataModule
-from datamodules.records import DataConfigError, RecordError, RecordFile, load_record_file
+from datamodules.records import DataConfigError, RecordError, RecordFile
+from datamodules.sources import DataSource, MixStopping, load_source, per_record
 from datamodules.templates import Segment, chat_segments, check_messages, loss_token_count, tokenize_segments
 from datamodules.batch import BatchSpec
 from datamodules.collate import pad_causal
@@ -72,6 +73,16 @@ def check_image(path: Path) -> tuple[int, int]:
     return size
 
 
+def image_path(rf, index: int, image: str) -> Path:
+    """Where record ``index``'s image is: a relative path resolves against its source's folder (a data file's, a
+    local dataset's); a dataset from the Hub has none, so its images need absolute paths."""
+    base = rf.source_dir(index)
+    if base is None and not Path(image).is_absolute():
+        raise rf.error(index, "image", f"relative image path {image!r} in a dataset without a local folder: give "
+                       "absolute paths, or load the dataset from a local folder")
+    return Path(image) if base is None else base / image
+
+
 def record_messages(record: dict) -> list[dict]:
     """The record's conversation with the image placed at the start of the first user turn."""
     if record.get("messages"):
@@ -91,7 +102,9 @@ class VisionInstructionDataModule(TuneloopDataModule):
     """Image + instruction records for vision-language SFT (see the module docstring for the format).
 
     Args:
-        train_file: Training records (.jsonl, .csv or .parquet).
+        train_file: Training records (.jsonl, .csv or .parquet), a dataset ``hf://owner/name?split=train`` (a local
+            dataset folder, or images given as absolute paths), or a mix ``[{source: ..., weight: ...}, ...]``
+            (``datamodules.sources``); the other files take the same.
         val_file: Validation records.
         test_file: Test records (``tuneloop test``); an ``alert`` field enables alert metrics.
         predict_file: Records to answer (default: the test file).
@@ -105,6 +118,8 @@ class VisionInstructionDataModule(TuneloopDataModule):
         reviewed_only: Train only on records whose ``review`` is ``accepted`` or ``edited`` (or absent);
             ``pending`` and ``rejected`` drafts are left out and counted.
         id_field: Field that identifies a record in predictions (row number when absent).
+        mix_stopping: A mix ends when every source has been drawn in full (``all_exhausted``) or when the first
+            runs out (``first_exhausted``).
         num_sample_generations: Validation records whose answers are generated and logged every validation
             epoch (with their images).
         batch: Global and micro batch size (accumulation is derived from the world size at launch).
@@ -115,10 +130,10 @@ class VisionInstructionDataModule(TuneloopDataModule):
 
     def __init__(
         self,
-        train_file: str | None = None,
-        val_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
+        train_file: DataSource | None = None,
+        val_file: DataSource | None = None,
+        test_file: DataSource | None = None,
+        predict_file: DataSource | None = None,
         system_prompt: str | None = None,
         cutoff_len: int = 2048,
         overlong: Literal["error", "skip"] = "error",
@@ -126,6 +141,7 @@ class VisionInstructionDataModule(TuneloopDataModule):
         max_pixels: int | None = None,
         reviewed_only: bool = True,
         id_field: str | None = "id",
+        mix_stopping: MixStopping = "all_exhausted",
         num_sample_generations: int = 4,
         batch: BatchSpec | None = None,
         num_workers: int = 0,
@@ -142,7 +158,7 @@ class VisionInstructionDataModule(TuneloopDataModule):
         self.cutoff_len, self.overlong = cutoff_len, overlong
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.reviewed_only = reviewed_only
-        self.id_field = id_field
+        self.id_field, self.mix_stopping = id_field, mix_stopping
         self.num_sample_generations = num_sample_generations
         self.cache_dir = cache_dir
         self.report: dict[str, dict[str, int]] = {}
@@ -180,14 +196,13 @@ class VisionInstructionDataModule(TuneloopDataModule):
             raise rf.error(0, "messages", "missing: give `messages` (user/assistant turns) or `question` and `answer`")
         if need_answers and "messages" not in columns and "answer" not in columns:
             raise rf.error(0, "answer", "missing: training and evaluation records need an answer")
-        base = rf.path.parent
         sizes = []
         for i, record in enumerate(ds):
             image = record.get("image")
             if not isinstance(image, str) or not image.strip():
                 raise rf.error(i, "image", f"expected an image path, got {image!r}")
             try:
-                sizes.append(check_image(base / image))
+                sizes.append(check_image(image_path(rf, i, image)))
             except ValueError as e:
                 raise rf.error(i, "image", str(e)) from None
             problem = self.processor.size_problem(*sizes[-1], self.min_pixels, self.max_pixels)
@@ -217,8 +232,10 @@ class VisionInstructionDataModule(TuneloopDataModule):
 
     # ----- tokenization -----------------------------------------------------------------------------------
     def _prepare(self, split: str, need_answers: bool) -> "VisionDataset":
-        rf = load_record_file(self.files[split], self.cache_dir)
-        sizes = self._validate(rf, need_answers)
+        checked: dict[int, list] = {}  # each source's image sizes, checked before any mixing
+        rf = load_source(self.files[split], self.cache_dir, seed=self.seed, stopping=self.mix_stopping,
+                         check=lambda part: checked.__setitem__(id(part), self._validate(part, need_answers)))
+        sizes = per_record(rf, checked)
         proc, system = self.processor, self.system_prompt
         cutoff, bounds = self.cutoff_len, (self.min_pixels, self.max_pixels)
         id_field = self.id_field if self.id_field in rf.dataset.column_names else None
@@ -227,7 +244,7 @@ class VisionInstructionDataModule(TuneloopDataModule):
             n_image = proc.num_image_tokens(*sizes[index], *bounds)
             sample = encode_sample(record, proc, n_image, system)
             return {"id": str(record[id_field]) if id_field else str(index), "where": rf.locate(index),
-                    "image_path": str(rf.path.parent / record["image"]), **sample, "alert": record.get("alert"),
+                    "image_path": str(image_path(rf, index, record["image"])), **sample, "alert": record.get("alert"),
                     "type": record.get("type"), "review": record.get("review"), "num_image_tokens": n_image}
 
         ds = rf.dataset.map(encode, with_indices=True, remove_columns=rf.dataset.column_names,
@@ -247,10 +264,10 @@ class VisionInstructionDataModule(TuneloopDataModule):
         report = {"records": len(ds), "overlong_skipped": len(over), "unreviewed_skipped": len(set(unreviewed) - set(over))}
         if drop:
             ds = ds.select([i for i in range(len(ds)) if i not in drop])
-            self.log_report(f"{rf.path}: {report['overlong_skipped']} samples longer than cutoff_len={cutoff} skipped, "
+            self.log_report(f"{rf.name}: {report['overlong_skipped']} samples longer than cutoff_len={cutoff} skipped, "
                   f"{report['unreviewed_skipped']} unreviewed (pending/rejected) records left out")
         if len(ds) == 0:
-            raise RecordError(str(rf.path), None, "no usable records left (all over-long or unreviewed)")
+            raise RecordError(rf.name, None, "no usable records left (all over-long or unreviewed)")
         report["used"] = len(ds)
         self.report[split] = report
         return VisionDataset(ds)

@@ -11,15 +11,21 @@ a mean of per-rank values. ``compute()`` is a collective under DDP/FSDP: every r
 Definitions match scikit-learn (the tests compare against it):
 
 ========================  =================================================================================
-binary                    ``accuracy``, ``precision``, ``recall``, ``f1`` (positive class = 1; prediction
-                          is ``prob > threshold``)
+binary                    ``accuracy``, ``precision``, ``recall``, ``f1`` (of the positive class = 1;
+                          prediction is ``prob > threshold``); ``f1_macro`` (= ``f1_score(average=
+                          "macro")``: the mean of both classes' F1); ``exact_match`` and ``label_accuracy``,
+                          the WAAM team's columns, which for one label per record both equal ``accuracy``
 multiclass                ``accuracy`` (= ``accuracy_score`` = micro), ``f1_macro``, ``f1_micro``
 multilabel                ``f1_macro``, ``f1_micro``, ``partial_score`` (= ``jaccard_score(average=
-                          "samples", zero_division=1)``), ``exact_match`` (= subset ``accuracy_score``),
-                          ``label_accuracy`` (mean over labels of per-label accuracy)
+                          "samples", zero_division=1)``), ``exact_match`` (= subset ``accuracy_score``: every
+                          label of the record right), ``label_accuracy`` (mean over labels of per-label
+                          accuracy) and, given the label names, ``label_accuracy_<label>`` per label
 regression                ``mse``, ``rmse``, ``mae``, ``r2`` (``multioutput="uniform_average"``: the mean
                           over targets of the per-target value) and, with more than one target,
-                          ``mse_<name>``, ``rmse_<name>``, ``mae_<name>``, ``r2_<name>`` per target
+                          ``mse_<name>``, ``rmse_<name>``, ``mae_<name>``, ``r2_<name>`` per target, in
+                          original units; given the targets' standard deviations, ``mse_std``, ``rmse_std``,
+                          ``mae_std`` (and per target ``mse_std_<name>``...) in standardized units, the units
+                          of the training and validation loss (:mod:`modules.regression_metrics`)
 ========================  =================================================================================
 
 Thresholding follows torchmetrics: a floating prediction counts as positive when ``prob > threshold``
@@ -46,12 +52,14 @@ from torchmetrics.classification import (
     MultilabelExactMatch,
     MultilabelF1Score,
 )
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 from torchmetrics.utilities.compute import normalize_logits_if_needed
 from torchmetrics.wrappers import ClasswiseWrapper
 from torchmetrics.wrappers.abstract import WrapperMetric
 
-__all__ = ["TASKS", "PartialScore", "RegressionMetricCollection", "build_metrics", "compute_and_reset"]
+from modules.regression_metrics import RegressionMetricCollection, TargetScale, regression_metrics
+
+__all__ = ["TASKS", "PartialScore", "RegressionMetricCollection", "TargetScale", "build_metrics", "compute_and_reset"]
+
 
 class PartialScore(Metric):
     """Per-sample overlap of predicted and true label sets, averaged over samples.
@@ -126,88 +134,34 @@ class PartialScore(Metric):
         return self.score_sum / self.count
 
 
-class _OutputMean(WrapperMetric):
-    """Mean over the outputs of a metric that returns one value per output (uniform average over targets)."""
-
-    def __init__(self, metric: Metric) -> None:
-        super().__init__()
-        if not isinstance(metric, Metric):
-            raise ValueError(f"_OutputMean wraps a torchmetrics.Metric, got {metric!r}")
-        self.metric = metric
-
-    @property
-    def higher_is_better(self) -> bool | None:  # type: ignore[override]
-        return self.metric.higher_is_better
-
-    def _filter_kwargs(self, **kwargs: Any) -> dict[str, Any]:
-        return self.metric._filter_kwargs(**kwargs)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        return self.metric(*args, **kwargs).mean()
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        self.metric.update(*args, **kwargs)
-
-    def compute(self) -> Tensor:
-        return self.metric.compute().mean()
-
-    def reset(self) -> None:
-        self.metric.reset()
-
-    def set_dtype(self, dst_type: str | torch.dtype) -> _OutputMean:
-        # The wrapper has no states of its own; ``Metric.set_dtype`` would not reach the wrapped metric's.
-        self.metric.set_dtype(dst_type)
-        return self
-
-
-class RegressionMetricCollection(MetricCollection):
-    """MetricCollection for regression that checks shapes and accumulates in float64.
-
-    Regression targets are compared in original units (e.g. heat input of hundreds of J/mm); R^2 is
-    computed from sums of squares, which lose several digits in float32 when the mean is large relative to
-    the spread. Inputs are therefore cast to float64 (states are float64 too) before reaching the metrics.
-    Apple MPS has no float64: there inputs are cast to float32, and the states must be moved with
-    ``collection.set_dtype(torch.float32)`` before ``.to("mps")``.
-
-    ``update(preds, target)``/``forward(preds, target)``: (N, T) float; (N,) also accepted when T == 1.
-    """
-
-    def __init__(self, metrics: dict[str, Metric], num_targets: int, **kwargs: Any) -> None:
-        super().__init__(metrics, **kwargs)
-        self.num_targets = num_targets
-        self.set_dtype(torch.float64)
-
-    def _prepare(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        preds = torch.as_tensor(preds)
-        target = torch.as_tensor(target)
-        t = self.num_targets
-        if preds.shape != target.shape:
-            raise ValueError(
-                f"regression metrics: preds and target must have the same shape, got {tuple(preds.shape)} "
-                f"and {tuple(target.shape)}"
-            )
-        if t == 1:
-            if preds.ndim == 2 and preds.shape[1] == 1:
-                preds, target = preds.reshape(-1), target.reshape(-1)
-            elif preds.ndim != 1:
-                raise ValueError(
-                    f"regression metrics: expected shape (N,) or (N, 1) for 1 target, got {tuple(preds.shape)}"
-                )
-        elif preds.ndim != 2 or preds.shape[1] != t:
-            raise ValueError(f"regression metrics: expected shape (N, {t}) for {t} targets, got {tuple(preds.shape)}")
-        dtype = torch.float32 if preds.device.type == "mps" else torch.float64
-        return preds.to(dtype), target.to(dtype)
-
-    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
-        super().update(*self._prepare(preds, target))
-
-    def forward(self, preds: Tensor, target: Tensor) -> dict[str, Any]:  # type: ignore[override]
-        return super().forward(*self._prepare(preds, target))
-
-
 def _check_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+class _TwoClasses(WrapperMetric):
+    """A two-class (multiclass) metric of binary probabilities (N,): class 1 when ``prob > threshold``, as the
+    binary metrics decide (logits are sigmoided first, as there)."""
+
+    def __init__(self, metric: Metric, threshold: float) -> None:
+        super().__init__()
+        self.metric, self.threshold = metric, threshold
+
+    def _classes(self, preds: Tensor) -> Tensor:
+        return (normalize_logits_if_needed(preds, "sigmoid") > self.threshold).long() if preds.is_floating_point() \
+            else preds.long()
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.metric.update(self._classes(preds), target)
+
+    def forward(self, preds: Tensor, target: Tensor) -> Tensor:
+        return self.metric(self._classes(preds), target)
+
+    def compute(self) -> Tensor:
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        self.metric.reset()
 
 
 def _binary_metrics(num_labels: int, threshold: float, target_names: list[str] | None) -> MetricCollection:
@@ -222,6 +176,11 @@ def _binary_metrics(num_labels: int, threshold: float, target_names: list[str] |
             "precision": BinaryPrecision(threshold=threshold),
             "recall": BinaryRecall(threshold=threshold),
             "f1": BinaryF1Score(threshold=threshold),
+            # The WAAM team's table (MISSION §4), for binary tasks too: F1 of each class, averaged ...
+            "f1_macro": _TwoClasses(MulticlassF1Score(num_classes=2, average="macro"), threshold),
+            # ... and, a record having one label, "all labels right" and "each label right" are accuracy.
+            "exact_match": BinaryAccuracy(threshold=threshold),
+            "label_accuracy": BinaryAccuracy(threshold=threshold),
         }
     )
 
@@ -243,43 +202,22 @@ def _multilabel_metrics(num_labels: int, threshold: float, target_names: list[st
         raise ValueError(
             f"multilabel task needs num_labels >= 2 labels, got {num_labels}; use task='binary' for one label"
         )
-    return MetricCollection(
-        {
-            "f1_macro": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="macro"),
-            "f1_micro": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="micro"),
-            "partial_score": PartialScore(num_labels=num_labels, threshold=threshold),
-            "exact_match": MultilabelExactMatch(num_labels=num_labels, threshold=threshold),
-            "label_accuracy": MultilabelAccuracy(num_labels=num_labels, threshold=threshold, average="macro"),
-        }
-    )
+    metrics: dict[str, Metric] = {
+        "f1_macro": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="macro"),
+        "f1_micro": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="micro"),
+        "partial_score": PartialScore(num_labels=num_labels, threshold=threshold),
+        "exact_match": MultilabelExactMatch(num_labels=num_labels, threshold=threshold),
+        "label_accuracy": MultilabelAccuracy(num_labels=num_labels, threshold=threshold, average="macro"),
+    }
+    if target_names is not None:  # label_accuracy_<label>: the share of records where that label is right
+        metrics["label_accuracy_per_label"] = ClasswiseWrapper(
+            MultilabelAccuracy(num_labels=num_labels, threshold=threshold, average=None), labels=target_names,
+            prefix="label_accuracy_")
+    return MetricCollection(metrics)
 
 
 def _regression_metrics(num_labels: int, threshold: float, target_names: list[str] | None) -> MetricCollection:
-    t = num_labels
-    if t == 1:
-        metrics: dict[str, Metric] = {
-            "mse": MeanSquaredError(),
-            "rmse": MeanSquaredError(squared=False),
-            "mae": MeanAbsoluteError(),
-            "r2": R2Score(),
-        }
-        return RegressionMetricCollection(metrics, num_targets=1)
-    if target_names is None:
-        raise ValueError(f"regression with {t} targets needs target_names (one name per target)")
-    metrics = {
-        # With equal sample counts per target the mean over all values is the uniform average.
-        "mse": MeanSquaredError(),
-        "rmse": _OutputMean(MeanSquaredError(squared=False, num_outputs=t)),
-        "mae": MeanAbsoluteError(),
-        "r2": R2Score(multioutput="uniform_average"),
-        "mse_per_target": ClasswiseWrapper(MeanSquaredError(num_outputs=t), labels=target_names, prefix="mse_"),
-        "rmse_per_target": ClasswiseWrapper(
-            MeanSquaredError(squared=False, num_outputs=t), labels=target_names, prefix="rmse_"
-        ),
-        "mae_per_target": ClasswiseWrapper(MeanAbsoluteError(num_outputs=t), labels=target_names, prefix="mae_"),
-        "r2_per_target": ClasswiseWrapper(R2Score(multioutput="raw_values"), labels=target_names, prefix="r2_"),
-    }
-    return RegressionMetricCollection(metrics, num_targets=t)
+    return regression_metrics(num_labels, target_names)  # build_metrics adds the standardized keys' scale
 
 
 # The metrics of each task: builder(num_labels, threshold, target_names), arguments already checked.
@@ -298,6 +236,7 @@ def build_metrics(
     *,
     threshold: float = 0.5,
     target_names: list[str] | None = None,
+    target_scale: TargetScale | None = None,
 ) -> MetricCollection:
     """The metrics of ``task`` as a ``MetricCollection`` (no prefix; clone with ``prefix="val/"`` etc.).
 
@@ -310,26 +249,32 @@ def build_metrics(
         threshold: Decision threshold in the open interval (0, 1) for ``binary`` and ``multilabel``
             (positive when ``prob > threshold``). Ignored by ``multiclass`` (argmax) and ``regression``.
         target_names: Names of the classes/labels/targets; when given its length must be ``num_labels``.
-            Required for ``regression`` with T > 1: the per-target keys are ``mse_<name>`` etc.
+            Required for ``regression`` with T > 1: the per-target keys are ``mse_<name>`` etc.;
+            ``multilabel``: the per-label keys ``label_accuracy_<label>``.
+        target_scale: ``regression``: where the targets' standard deviations (T,) are read when computing,
+            for the keys in standardized units (``mse_std``...; see :mod:`modules.regression_metrics`).
 
     Inputs of ``update(preds, target)`` (and ``forward``):
 
     - ``binary``: ``preds`` (N,) float probability of the positive class in [0, 1]; ``target`` (N,)
-      int in {0, 1}. Keys: ``accuracy``, ``precision``, ``recall``, ``f1``.
+      int in {0, 1}. Keys: ``accuracy``, ``precision``, ``recall``, ``f1``, ``f1_macro``, ``exact_match``,
+      ``label_accuracy``.
     - ``multiclass``: ``preds`` (N, C) logits or probabilities (argmax is taken; (N,) integer class ids
       also work); ``target`` (N,) int in [0, C). Keys: ``accuracy``, ``f1_macro``, ``f1_micro``.
     - ``multilabel``: ``preds`` (N, L) float probabilities; ``target`` (N, L) int in {0, 1}. Keys:
-      ``f1_macro``, ``f1_micro``, ``partial_score``, ``exact_match``, ``label_accuracy``.
+      ``f1_macro``, ``f1_micro``, ``partial_score``, ``exact_match``, ``label_accuracy`` (and
+      ``label_accuracy_<label>`` given ``target_names``).
     - ``regression``: ``preds`` (N, T) float in original units; ``target`` (N, T) float; (N,) also
       accepted when T == 1. Keys: ``mse``, ``rmse``, ``mae``, ``r2`` (uniform average over targets: e.g.
       ``rmse`` is the mean of the per-target RMSEs, not the RMSE of all values, as in scikit-learn), plus
-      ``mse_<name>``, ``rmse_<name>``, ``mae_<name>``, ``r2_<name>`` when T > 1. Accumulated in float64
+      ``mse_<name>``, ``rmse_<name>``, ``mae_<name>``, ``r2_<name>`` when T > 1; with ``target_scale`` also
+      ``mse_std``, ``rmse_std``, ``mae_std`` (and ``mse_std_<name>``... when T > 1). Accumulated in float64
       (see :class:`RegressionMetricCollection`).
 
     Raises:
         ValueError: unknown task (the message lists the valid ones), bad ``num_labels`` for the task,
             ``threshold`` outside (0, 1), ``target_names`` missing (regression, T > 1), of the wrong length,
-            with duplicates or empty names.
+            with duplicates or empty names, ``target_scale`` for another task than regression.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
@@ -353,6 +298,10 @@ def build_metrics(
         if len(set(target_names)) != len(target_names):
             raise ValueError(f"target_names must be unique, got {target_names}")
 
+    if target_scale is not None:
+        if task != "regression":
+            raise ValueError(f"target_scale (standardized-unit metrics) is for regression, not {task!r}")
+        return regression_metrics(num_labels, target_names, target_scale)
     return _BUILDERS[task](num_labels, threshold, target_names)
 
 

@@ -23,7 +23,9 @@ a collective for the process group's timeout, 30 minutes by default. The pieces:
   fails it ends its children (at once when they are stopped, otherwise after a short grace), and a rank whose
   launcher (rank 0, its parent) is stopped ends it: a frozen process never ends by itself. Under torchrun or
   SLURM the launcher does this: torchrun's agent stops the remaining workers when one fails; ``srun
-  --kill-on-bad-exit=1`` ends a SLURM step when one task fails (``scripts/slurm/train.sbatch`` does not set it).
+  --kill-on-bad-exit=1`` ends a SLURM step when one task fails (``scripts/slurm/train.sbatch`` sets it).
+  A child that exits with tuneloop's user-error code (2: a mistake in the data or config, which rank 0 reports in
+  one line) is not named again, nor one that rank 0 ends after such a mistake of its own.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import time
 from datetime import timedelta
 
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+from trainer.errors import EXIT_USER_ERROR
 
 KEY = "tuneloop/fault"  # store keys: <KEY>/proc/<rank>, <KEY>/beat/<rank>, <KEY>/failed/<rank>
 
@@ -190,11 +194,13 @@ def _bounded(fn, seconds: float):
 
 class ChildWatch(threading.Thread):
     """In the process that launched the other local ranks: print which rank exited with an error, once, as soon
-    as it happens (Lightning's own observer then ends the job)."""
+    as it happens (Lightning's own observer then ends the job). Exit code 2 is no fault: every rank meets the same
+    user error, and ``tuneloop`` prints it once."""
 
     def __init__(self, procs: list[subprocess.Popen], first_rank: int) -> None:
         super().__init__(name="tuneloop-child-watch", daemon=True)
         self.procs, self.first_rank = procs, first_rank
+        self.quiet = False  # set when this process ends its children after a user error: their end is no news
 
     def run(self) -> None:
         reported: set[int] = set()
@@ -205,7 +211,7 @@ class ChildWatch(threading.Thread):
                 if code is None or i in reported:
                     continue
                 reported.add(i)
-                if code != 0:
+                if code not in (0, EXIT_USER_ERROR) and not self.quiet:
                     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
                     print(f"tuneloop: rank {self.first_rank + i} (pid {proc.pid}) {how}", file=sys.stderr, flush=True)
 
@@ -213,13 +219,19 @@ class ChildWatch(threading.Thread):
 class WatchedLauncher(_SubprocessScriptLauncher):
     """Lightning's launcher of the local ranks, plus :class:`ChildWatch`."""
 
+    _watch: ChildWatch | None = None
+
     def _call_children_scripts(self) -> None:
         super()._call_children_scripts()
-        ChildWatch(self.procs, self.cluster_environment.node_rank() * self.num_processes + 1).start()
+        self._watch = ChildWatch(self.procs, self.cluster_environment.node_rank() * self.num_processes + 1)
+        self._watch.start()
 
-    def end_children(self, grace: float) -> None:
+    def end_children(self, grace: float, quiet: bool = False) -> None:
         """End the ranks this process launched: stopped ones at once, the others when they have not exited
-        within ``grace`` seconds."""
+        within ``grace`` seconds. ``quiet``: after a user error (every rank meets it, rank 0 has reported it), end
+        them without a word."""
+        if quiet and self._watch is not None:
+            self._watch.quiet = True
         deadline = time.monotonic() + grace
         first = self.cluster_environment.node_rank() * self.num_processes + 1
         for i, proc in enumerate(self.procs):
@@ -227,7 +239,9 @@ class WatchedLauncher(_SubprocessScriptLauncher):
                 stopped = process_state(proc.pid) == "stopped"
                 if stopped or time.monotonic() >= deadline:
                     why = "it is stopped" if stopped else f"it did not exit within {grace:.0f} s"
-                    print(f"tuneloop: ending rank {first + i} (pid {proc.pid}): {why}", file=sys.stderr, flush=True)
+                    if not quiet:
+                        print(f"tuneloop: ending rank {first + i} (pid {proc.pid}): {why}", file=sys.stderr,
+                              flush=True)
                     proc.kill()
                     proc.wait()
                     break
@@ -238,7 +252,7 @@ def report_failure(strategy, exception: BaseException) -> None:
     """The strategies' ``on_exception``: record and print this rank's failure with what is known of the others,
     then (in the launcher) end the local ranks it started. A deliberate stop (``SystemExit``: e.g. the non-finite
     guard, raised by every rank together), a user error (printed once by ``tuneloop``) or Ctrl+C is not a fault;
-    only the children are ended."""
+    only the children are ended (without a word: they would stop at the same error)."""
     from trainer.errors import find_user_error
 
     beat: Heartbeat | None = getattr(strategy, "_heartbeat", None)
@@ -259,4 +273,4 @@ def report_failure(strategy, exception: BaseException) -> None:
         print(line, file=sys.stderr, flush=True)
     launcher = strategy.launcher
     if isinstance(launcher, WatchedLauncher) and launcher.procs and not isinstance(exception, KeyboardInterrupt):
-        launcher.end_children(grace=5.0)
+        launcher.end_children(grace=5.0, quiet=not fault)

@@ -48,23 +48,40 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state(states["cuda"])
 
 
+def trained_steps(trainer: pl.Trainer | None) -> int:
+    """Optimizer steps this launch took: a resumed fit starts at its checkpoint's step (``ResumeState`` notes where
+    training started); 0 when training never started."""
+    if trainer is None:
+        return 0
+    state = next((c for c in trainer.callbacks if isinstance(c, ResumeState)), None)
+    start = 0 if state is None else state.started_at
+    return 0 if start is None else trainer.global_step - start
+
+
 class ResumeState(Callback):
     """What a resumed fit needs beyond what Lightning saves (weights, optimizer, scheduler, loop counters) and the
     DataModule's training position, so that it continues exactly as the uninterrupted fit would:
 
-    * every process's random states (dropout masks, ...) go into each checkpoint and are restored when the
-      resumed fit starts training;
+    * every process's random states (dropout masks, ...) go into each checkpoint and are restored just before the
+      resumed fit's first training step (after every ``on_train_start`` hook: one that draws random numbers, such
+      as the throughput callback's peak-FLOP/s matmul, drew them before the checkpoint in the uninterrupted fit);
     * the first trained micro batch is checked to be the one where the train sampler resumed
       (``TuneloopDataModule.resumed_at``): Lightning's ``batch_idx`` and the data must agree;
-    * a ``ModelCheckpoint(train_time_interval=...)`` is held back inside a gradient-accumulation window (a
-      checkpoint cannot hold the partial gradient), so a timed checkpoint lands on an optimizer-step boundary.
+    * no ``ModelCheckpoint`` saves inside a gradient-accumulation window (a checkpoint cannot hold the partial
+      gradient): a ``train_time_interval`` that comes due there is held until the window closes, and an
+      ``every_n_train_steps`` one does not save its step again there. (Lightning skips a step it has saved
+      already, but a resumed fit has saved none: on the first micro batch after a mid-epoch resume it would
+      write the resumed step again, mid-window, as ``step-step=N-v1.ckpt`` and ``last.ckpt``, and a fit killed
+      before the window closed would resume from it with a micro batch lost.)
     """
 
     def __init__(self) -> None:
         self._trainer: pl.Trainer | None = None
-        self._restore: list[dict] | None = None
+        self._restore: list[dict] | None = None  # every process's random states, from the checkpoint
+        self._states: dict | None = None  # this process's, set at the first step of the resumed fit
         self._check_position = False
-        self._held: list[tuple[ModelCheckpoint, float]] = []
+        self._held: list[tuple[ModelCheckpoint, float | None, int]] = []  # (callback, its clock, its last step)
+        self.started_at: int | None = None  # the global step training started at (after a restore)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
@@ -82,8 +99,8 @@ class ResumeState(Callback):
         self._restore = state.get("rng")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        # After the train loader is built (building its iterator draws from torch's generator), before the first
-        # step; what the uninterrupted fit did between saving and its next step happens here again.
+        if self.started_at is None:
+            self.started_at = trainer.global_step
         states, self._restore = self._restore, None
         if states is None:
             return
@@ -92,15 +109,29 @@ class ResumeState(Callback):
             rank_zero_warn(f"the checkpoint holds the random states of {len(states)} processes, this fit runs "
                            f"{trainer.world_size}: random states are not restored (dropout masks will differ)")
             return
-        set_rng_states(states[trainer.global_rank])
+        self._states = states[trainer.global_rank]
+
+    def _release(self) -> None:
+        for callback, last_checked, last_step in self._held:
+            callback._last_time_checked, callback._last_global_step_saved = last_checked, last_step
+        self._held = []
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._release()  # a validation inside the window saves (or not) as Lightning decides
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._release()  # a fit stopped inside a window (max_time): FinalLastCheckpoint still sees what was saved
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        for callback, last_checked in self._held:
-            callback._last_time_checked = last_checked
-        self._held = []
+        self._release()
         if not self._check_position:
             return
         self._check_position = False
+        if self._states is not None:
+            # The train loader's iterator exists (building it draws from torch's generator) and its first batch is
+            # fetched: what the uninterrupted fit did between saving and this step happens here again.
+            set_rng_states(self._states)
+            self._states = None
         data = trainer.datamodule
         expected = data.resumed_at if isinstance(data, TuneloopDataModule) else None
         if expected is not None and (trainer.current_epoch, batch_idx) != expected:
@@ -109,15 +140,17 @@ class ResumeState(Callback):
                                "fit would not see the samples the interrupted one had left")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # Checkpoint callbacks run after this one (Lightning orders them last). ModelCheckpoint saves on time
-        # when its clock (``_last_time_checked``, Lightning 2.6) has run out; hide the clock inside the window.
+        # Checkpoint callbacks run after this one (Lightning orders them last). Inside the window (Lightning 2.6):
+        # ModelCheckpoint saves on time when its clock (``_last_time_checked``) has run out: hide the clock; it
+        # saves on steps unless it saved this global step already (``_last_global_step_saved``): say it did.
         if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or batch_idx + 1 >= trainer.num_training_batches:
             return
         for callback in trainer.checkpoint_callbacks:
-            if (isinstance(callback, ModelCheckpoint) and callback._train_time_interval is not None
-                    and callback._last_time_checked is not None):
-                self._held.append((callback, callback._last_time_checked))
-                callback._last_time_checked = None
+            if isinstance(callback, ModelCheckpoint):
+                self._held.append((callback, callback._last_time_checked, callback._last_global_step_saved))
+                if callback._train_time_interval is not None:
+                    callback._last_time_checked = None
+                callback._last_global_step_saved = trainer.global_step
 
 
 class FinalLastCheckpoint(Callback):

@@ -56,7 +56,9 @@ def test_binary_head():
     assert [r["pred"] for r in rows] == ["abnormal", "normal", "normal", "abnormal"]
     assert rows[0]["prob"] == pytest.approx(0.880797, abs=1e-6)
     assert head.describe_target(np.float32(1.0)) == {"target": "abnormal"}
-    assert set(head.metrics().keys()) == {"accuracy", "precision", "recall", "f1"}
+    # The team's columns for a binary task too: exact_match and label_accuracy equal accuracy (one label per record).
+    assert set(head.metrics().keys()) == {"accuracy", "precision", "recall", "f1", "f1_macro", "exact_match",
+                                          "label_accuracy"}
 
 
 def test_binary_from_data_and_baseline():
@@ -103,7 +105,13 @@ def test_multilabel_head():
     assert head.describe_prediction(probs[0].numpy())["pred"] == ["porosity", "spatter"]  # sigmoid(0.2) > 0.5
     assert head.describe_prediction(probs[1].numpy())["pred"] == ["crack"]
     assert head.describe_target(labels[0].numpy()) == {"target": ["porosity", "spatter"]}
-    assert set(head.metrics().keys()) == {"f1_macro", "f1_micro", "partial_score", "exact_match", "label_accuracy"}
+    assert set(head.metrics().keys()) == {"f1_macro", "f1_micro", "partial_score", "exact_match", "label_accuracy",
+                                          "label_accuracy_per_label"}
+    metrics = head.metrics().clone(prefix="val/")
+    metrics.update(probs, head.metric_target(labels))  # predicted {porosity, spatter}, {crack}: both records right
+    labels_right = {k: v for k, v in metrics.compute().items() if k.startswith("val/label_accuracy_")}
+    assert labels_right == {"val/label_accuracy_porosity": 1.0, "val/label_accuracy_crack": 1.0,
+                            "val/label_accuracy_spatter": 1.0}
 
 
 def test_multilabel_from_data_and_baseline():
@@ -141,7 +149,29 @@ def test_regression_head():
     assert head.describe_target(labels[1].numpy()) == {"target": {"heat_input": 420.0, "energy": 2100.0}}
     assert RegressionHead.frequency_baseline(np.array([[1.0], [3.0]]), 1).tolist() == [2.0]
     keys = set(head.metrics().keys())
-    assert {"mse", "rmse", "mae", "r2"} <= keys
+    assert {"mse", "rmse", "mae", "r2", "mse_std", "rmse_std", "mae_std"} <= keys
+
+
+def test_regression_metrics_in_standardized_units_are_the_loss_units():
+    """val/mse_std is the validation loss (the MSE of standardized values); val/mse the same errors in original units.
+    The scale is the head's buffer when the metrics are computed: a checkpoint restores it after they were built."""
+    from modules.metrics import compute_and_reset
+
+    head = _from_data(RegressionHead, ["heat_input", "energy"])  # evaluation: stats come from the checkpoint
+    val = head.metrics().clone(prefix="val/")
+    head.load_state_dict({"target_mean": torch.tensor([400.0, 2000.0]), "target_std": torch.tensor([50.0, 300.0])})
+    out = torch.tensor([[0.5, -1.0], [1.0, 0.2]])  # standardized: predicts [425, 1700] and [450, 2060]
+    labels = torch.tensor([[450.0, 1800.0], [420.0, 2100.0]])
+    val.update(head.predict(out), head.metric_target(labels))
+    got = compute_and_reset(val)
+    assert got["val/mse_std"] == pytest.approx(float(head.loss(out, labels)), rel=1e-6)
+    assert got["val/mse_std"] == pytest.approx(0.18472, abs=1e-5)
+    # heat input: errors 25 and 30 J/mm (0.5 and 0.6 standardized); energy: -100 and -40 J (-1/3 and -2/15)
+    assert got["val/mse_heat_input"] == pytest.approx((25**2 + 30**2) / 2)
+    assert got["val/mse_std_heat_input"] == pytest.approx((0.5**2 + 0.6**2) / 2)
+    assert got["val/mae_std_energy"] == pytest.approx((1 / 3 + 2 / 15) / 2)
+    assert got["val/rmse_std_energy"] == pytest.approx(got["val/rmse_energy"] / 300)
+    assert got["val/r2_energy"] == pytest.approx(1 - (100**2 + 40**2) / (150**2 * 2))  # r2: no _std twin
 
 
 def test_regression_without_stats_is_neutral_until_the_checkpoint_loads():

@@ -66,6 +66,9 @@ def test_binary_matches_sklearn(threshold):
             "precision": precision_score(y_true, y_pred),
             "recall": recall_score(y_true, y_pred),
             "f1": f1_score(y_true, y_pred),
+            "f1_macro": f1_score(y_true, y_pred, average="macro"),
+            "exact_match": accuracy_score(y_true, y_pred),  # one label per record: all labels right = accuracy
+            "label_accuracy": accuracy_score(y_true, y_pred),
         },
     )
 
@@ -75,11 +78,34 @@ def test_binary_accepts_two_labels_and_prefix_clone():
     val = collection.clone(prefix="val/")
     val.update(torch.tensor([0.9, 0.2, 0.7, 0.1]), torch.tensor([1, 0, 0, 0]))
     got = compute_and_reset(val)
-    assert set(got) == {"val/accuracy", "val/precision", "val/recall", "val/f1"}
-    assert got["val/accuracy"] == pytest.approx(0.75)
+    assert set(got) == {"val/accuracy", "val/precision", "val/recall", "val/f1", "val/f1_macro", "val/exact_match",
+                        "val/label_accuracy"}
+    assert got["val/accuracy"] == got["val/exact_match"] == got["val/label_accuracy"] == pytest.approx(0.75)
     assert got["val/precision"] == pytest.approx(0.5)
     assert got["val/recall"] == pytest.approx(1.0)
     assert all(isinstance(v, float) for v in got.values())
+
+
+def test_binary_macro_f1_by_hand():
+    """6 records, threshold 0.5: predicted [1, 1, 0, 0, 0, 1] against [1, 0, 0, 0, 1, 1]. Positive class: TP 2, FP 1,
+    FN 1, F1 2/3; negative class: TP 2, FP 1, FN 1, F1 2/3; both 2/3, so macro 2/3. Then one record more, a
+    negative predicted positive: positive F1 = 2*2/(2*2+2+1) = 4/7, negative F1 = 2*2/(2*2+1+2) = 4/7."""
+    collection = build_metrics("binary", 1)
+    collection.update(torch.tensor([0.9, 0.6, 0.4, 0.1, 0.5, 0.7]), torch.tensor([1, 0, 0, 0, 1, 1]))
+    got = compute_and_reset(collection)
+    assert got["f1_macro"] == pytest.approx(2 / 3) and got["f1"] == pytest.approx(2 / 3)
+    assert got["exact_match"] == got["label_accuracy"] == got["accuracy"] == pytest.approx(4 / 6)
+    collection.update(torch.tensor([0.9, 0.6, 0.4, 0.1, 0.5, 0.7, 0.8]), torch.tensor([1, 0, 0, 0, 1, 1, 0]))
+    got = compute_and_reset(collection)
+    assert got["f1"] == pytest.approx(4 / 7) and got["f1_macro"] == pytest.approx(4 / 7)
+    # Unbalanced: 3 of 4 predicted right, the one positive missed; F1 positive 0, negative 2*3/(2*3+1) = 6/7.
+    collection.update(torch.tensor([0.2, 0.1, 0.3, 0.4]), torch.tensor([1, 0, 0, 0]))
+    got = compute_and_reset(collection)
+    assert got["f1"] == 0.0 and got["f1_macro"] == pytest.approx(3 / 7) and got["accuracy"] == pytest.approx(0.75)
+    # Logits (values outside [0, 1]) are sigmoided first, as for the other binary metrics: 0.0 is p = 0.5, negative.
+    collection.update(torch.tensor([2.0, -1.0, 0.0, 3.0]), torch.tensor([1, 0, 1, 0]))
+    got = compute_and_reset(collection)
+    assert got["accuracy"] == pytest.approx(0.5) and got["f1_macro"] == pytest.approx(0.5)
 
 
 # ----------------------------------------------------------------------------------------- multiclass
@@ -135,6 +161,24 @@ def test_multilabel_matches_sklearn():
     assert y_true.sum(0).min() > 0 and y_pred.sum(0).min() > 0  # every label present in both
     got = _feed(build_metrics("multilabel", 6), probs, target)
     _close(got, _multilabel_expected(y_true, y_pred))
+    # With the label names: each label's accuracy too.
+    names = [f"d{j}" for j in range(6)]
+    got = _feed(build_metrics("multilabel", 6, target_names=names), probs, target)
+    per_label = {f"label_accuracy_{n}": accuracy_score(y_true[:, j], y_pred[:, j]) for j, n in enumerate(names)}
+    _close(got, {**_multilabel_expected(y_true, y_pred), **per_label})
+
+
+def test_multilabel_exact_match_and_label_accuracy_by_hand():
+    """4 records x 3 labels, threshold 0.5. Right per record: all, 2 of 3, all, 1 of 3: exact match 2/4. Right per
+    label: a 4/4, b 3/4, c 2/4: label accuracy their mean, 3/4."""
+    preds = torch.tensor([[0.9, 0.1, 0.8], [0.7, 0.6, 0.2], [0.2, 0.3, 0.1], [0.8, 0.4, 0.9]])
+    target = torch.tensor([[1, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]])
+    test = build_metrics("multilabel", 3, target_names=["a", "b", "c"]).clone(prefix="test/")
+    test.update(preds, target)
+    got = compute_and_reset(test)
+    assert {k: got[k] for k in got if "accuracy" in k or "exact" in k} == pytest.approx({
+        "test/exact_match": 0.5, "test/label_accuracy": 0.75, "test/label_accuracy_a": 1.0,
+        "test/label_accuracy_b": 0.75, "test/label_accuracy_c": 0.5}, rel=1e-6)
 
 
 def test_multilabel_empty_sets_match_sklearn():
@@ -170,6 +214,11 @@ def test_multilabel_label_absent_everywhere_matches_sklearn():
     y_true, y_pred = target.numpy(), (probs > 0.5).long().numpy()
     got = _feed(build_metrics("multilabel", 6), probs, target)
     _close(got, _multilabel_expected(y_true, y_pred))
+    # With the label names: each label's accuracy too.
+    names = [f"d{j}" for j in range(6)]
+    got = _feed(build_metrics("multilabel", 6, target_names=names), probs, target)
+    per_label = {f"label_accuracy_{n}": accuracy_score(y_true[:, j], y_pred[:, j]) for j, n in enumerate(names)}
+    _close(got, {**_multilabel_expected(y_true, y_pred), **per_label})
 
 
 def test_multilabel_threshold_is_applied_everywhere():
@@ -262,6 +311,46 @@ def test_regression_single_target_matches_sklearn(shape):
         preds, target = preds[:, None], target[:, None]
     got = _feed(build_metrics("regression", 1, target_names=["energy"]), preds, target)
     _close(got, _regression_expected(y_true, y_pred, None), tol=1e-9)
+
+
+def test_regression_in_standardized_units_by_hand():
+    """Targets a (mean 10, std 2) and b (mean 100, std 20); errors a [1, 0, 1], b [10, 20, -30]. Original units:
+    mse_a 2/3, mse_b 1400/3. Standardized (error / std): a [0.5, 0, 0.5], b [0.5, 1, -1.5]: mse_std_a 1/6, mse_std_b
+    7/6, mse_std 2/3 (the mean of all six squared standardized errors: the head's loss), mae_std_a 1/3, mae_std_b 1,
+    rmse_std_a sqrt(1/6), rmse_std_b sqrt(7/6). R^2 is the same in both units."""
+    from modules.metrics import TargetScale
+
+    class Head:
+        target_std = torch.tensor([2.0, 20.0])
+
+    head = Head()
+    target = torch.tensor([[10.0, 100.0], [12.0, 80.0], [8.0, 130.0]])
+    preds = target + torch.tensor([[1.0, 10.0], [0.0, 20.0], [1.0, -30.0]])
+    val = build_metrics("regression", 2, target_names=["a", "b"], target_scale=TargetScale(head, "target_std"))
+    val = val.clone(prefix="val/")  # shares the scale: it is read from the head when computed
+    val.update(preds, target)
+    got = compute_and_reset(val)
+    expected = {"mse_a": 2 / 3, "mse_b": 1400 / 3, "mse_std_a": 1 / 6, "mse_std_b": 7 / 6, "mse_std": 2 / 3,
+                "mae_std_a": 1 / 3, "mae_std_b": 1.0, "mae_std": 2 / 3, "rmse_std_a": (1 / 6) ** 0.5,
+                "rmse_std_b": (7 / 6) ** 0.5, "rmse_std": ((1 / 6) ** 0.5 + (7 / 6) ** 0.5) / 2}
+    for key, value in expected.items():
+        assert got[f"val/{key}"] == pytest.approx(value, rel=1e-12), key
+    standardized = ((preds - target) / Head.target_std) ** 2
+    assert got["val/mse_std"] == pytest.approx(float(standardized.mean()), rel=1e-6)
+    assert {k for k in got if "_std" in k} == {f"val/{k}" for k in expected if "_std" in k}  # no r2_std
+    head.target_std = torch.tensor([1.0, 10.0])  # e.g. restored from a checkpoint after the metrics were built
+    val.update(preds, target)
+    got = compute_and_reset(val)
+    assert got["val/mse_std_a"] == pytest.approx(2 / 3) and got["val/mse_std_b"] == pytest.approx(14 / 3)
+    # One target: the overall keys only.
+    with pytest.raises(ValueError, match="target_scale .* is for regression"):
+        build_metrics("binary", 1, target_scale=TargetScale(head, "target_std"))
+    head.target_std = torch.tensor([4.0])
+    single = build_metrics("regression", 1, target_scale=TargetScale(head, "target_std"))
+    single.update(preds[:, 0], target[:, 0])
+    got = compute_and_reset(single)
+    assert sorted(got) == ["mae", "mae_std", "mse", "mse_std", "r2", "rmse", "rmse_std"]
+    assert (got["mse_std"], got["mae_std"]) == (pytest.approx(2 / 3 / 16), pytest.approx(2 / 3 / 4))
 
 
 def test_regression_float64_accumulation_fixes_large_mean_r2():

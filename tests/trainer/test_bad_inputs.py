@@ -81,9 +81,16 @@ def data(tmp_path_factory) -> Path:
     # Checkpoints: empty and truncated (a real checkpoint, cut).
     import torch
 
-    torch.save({"state_dict": {"w": torch.zeros(64, 64)}}, d / "whole.ckpt")
+    torch.save({"pytorch-lightning_version": "2.6.6", "state_dict": {"w": torch.zeros(64, 64)}}, d / "whole.ckpt")
     (d / "truncated.ckpt").write_bytes((d / "whole.ckpt").read_bytes()[:2000])
     (d / "empty.ckpt").write_bytes(b"")
+    # Not Lightning checkpoints: a plain torch.save of weights, a safetensors file; and a weights-only checkpoint.
+    torch.save({"model": {"w": torch.zeros(2)}, "step": 3}, d / "plain.ckpt")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(d / "weights.safetensors"))
+    torch.save({"pytorch-lightning_version": "2.6.6", "state_dict": {}, "loops": {}, "epoch": 0, "global_step": 3},
+               d / "weights-only.ckpt")
     return d
 
 
@@ -207,6 +214,15 @@ CASES = [
      "--ckpt_path {d}/empty.ckpt: the file is empty (0 bytes)"),
     ("checkpoint-truncated", "fit", ENCODER, ["--ckpt_path={d}/truncated.ckpt"],
      "--ckpt_path {d}/truncated.ckpt: truncated checkpoint (2000 bytes, the end of the file is missing)"),
+    ("checkpoint-plain-dict", "fit", ENCODER, ["--ckpt_path={d}/plain.ckpt"],
+     "--ckpt_path {d}/plain.ckpt: not a Lightning checkpoint: it has no 'pytorch-lightning_version' or 'state_dict' "
+        "(its keys: model, step)"),
+    ("checkpoint-safetensors", "test", ENCODER, ["--ckpt_path={d}/weights.safetensors"],
+     "--ckpt_path {d}/weights.safetensors: a safetensors file (tensors only), not a Lightning checkpoint: it has no "
+        "'pytorch-lightning_version' or 'state_dict'"),
+    ("checkpoint-weights-only", "fit", ENCODER, ["--ckpt_path={d}/weights-only.ckpt"],
+     "--ckpt_path {d}/weights-only.ckpt: a weights-only checkpoint (no 'optimizer_states' or 'lr_schedulers'): a fit "
+        "cannot resume from it"),
     ("checkpoint-truncated-in-earlier-run", "test", ENCODER,
      ["--ckpt_path={runs}/bad-inputs/earlier/checkpoints/broken.ckpt"],
      "--ckpt_path {runs}/bad-inputs/earlier/checkpoints/broken.ckpt: truncated checkpoint (2000 bytes, the end "
@@ -219,7 +235,10 @@ if __import__("torch").cuda.is_available() is False:
     CASES.append(("cuda-only-strategy-on-cpu", "fit", ENCODER, ["--trainer.strategy=fsdp1"],
                   "strategy 'fsdp1' needs CUDA GPUs and none is available; on CPU use --trainer.strategy=fsdp "
                      "(FSDP2) or --trainer.strategy=ddp"))
-HINTS = {"fit-into-earlier-run": "choose another --run.version", "checkpoint-truncated": "pick another checkpoint"}
+HINTS = {"fit-into-earlier-run": "choose another --run.version", "checkpoint-truncated": "pick another checkpoint",
+         "checkpoint-plain-dict": "--ckpt_path takes a checkpoint that tuneloop fit wrote",
+         "checkpoint-safetensors": "--ckpt_path takes a checkpoint that tuneloop fit wrote",
+         "checkpoint-weights-only": "resume from a full checkpoint (ModelCheckpoint save_weights_only: false)"}
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -245,6 +264,48 @@ def test_bad_input_is_one_line_exit_2_and_leaves_runs_untouched(case, data, runs
     if name in HINTS:
         assert err.splitlines()[-1].startswith(f"  hint: {HINTS[name]}")
     assert snapshot(runs) == before  # the earlier run byte for byte, and no new (empty) run directory
+
+
+@pytest.mark.parametrize("command, argument, message", [
+    ("fit", "--data.init_args.train_file={d}/nope.jsonl", "data file not found: {d}/nope.jsonl"),
+    ("fit", "--data.init_args.val_file={d}/empty.ckpt", "{d}/empty.ckpt: unsupported data file type '.ckpt'; use "
+                                                        ".jsonl, .csv, .parquet or .xlsx"),
+    ("test", "--data.init_args.test_file={d}/folder.jsonl", "data file {d}/folder.jsonl is a directory; give a "
+                                                            ".jsonl, .csv, .parquet or .xlsx file"),
+    ("predict", "--data.init_args.predict_file=" + "{d}/nope.csv", "data file not found: {d}/nope.csv"),
+    ("fit", "--data.init_args.train_file=null", "data.train_file is required to fit"),
+], ids=["fit-missing", "fit-val-type", "test-directory", "predict-missing", "fit-unset"])
+def test_bad_data_file_stops_before_the_logger_starts_a_run(command, argument, message, data, tmp_path, capsys,
+                                                            monkeypatch):
+    """With the default logger (W&B, offline here): the data files are checked before W&B starts, so a bad one
+    creates no W&B run and no run directory."""
+    import functools
+
+    import wandb
+
+    @functools.wraps(wandb.init)  # its signature: the CLI checks the logger's arguments against it
+    def no_run(*args, **kwargs):
+        pytest.fail("a W&B run was started")
+
+    monkeypatch.setattr(wandb, "init", no_run)
+    code, _, err = run_main([command, "-c", ENCODER, "-c", DEBUG, f"--run.root={tmp_path / 'runs'}",
+                             "--trainer.enable_progress_bar=false", fill_in(argument, data, tmp_path)], capsys)
+    assert code == 2, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == f"tuneloop {command}: {fill_in(message, data, tmp_path)}"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_every_local_source_of_a_mix_is_checked_before_loading():
+    from datamodules.encoder import EncoderDataModule
+
+    ok = "data/samples/waam/train.jsonl"
+    dm = EncoderDataModule(task="binary", text_fields=["text"], label_fields=["anomaly"], labels=["normal", "abnormal"],
+                           train_file=[{"source": ok, "weight": 1}, {"source": "hf://owner/name?split=train"},
+                                       {"source": "data/nope.jsonl", "weight": 2}])
+    with pytest.raises(FileNotFoundError, match="data file not found: data/nope.jsonl"):
+        dm.check_files("fit")
+    dm.files["train"] = dm.files["train"][:2]  # the file and the dataset (checked when it loads)
+    dm.check_files("fit")
 
 
 def test_parse_errors_stay_one_block_from_the_parser(runs, capsys):
@@ -332,6 +393,6 @@ def test_under_two_ddp_processes_the_error_is_printed_once(data, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("tuneloop fit:")]
     assert lines == [f"tuneloop fit: {data}/label.jsonl:4: field 'anomaly': label 'weird' is not in the declared "
                      "labels ['normal', 'abnormal']"]
-    # The launcher's child watch (trainer/faults.py) may name rank 1's exit: with the same code.
-    assert all(line.endswith("exited with code 2") for line in proc.stderr.splitlines() if "rank 1 (pid" in line)
+    # The launcher's child watch (trainer/faults.py) does not name rank 1's exit: code 2 is this user error.
+    assert "rank 1 (pid" not in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "runs").exists()

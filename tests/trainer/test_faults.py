@@ -191,3 +191,63 @@ def test_heartbeat_names_failed_stale_and_unreachable_ranks():
     start = time.monotonic()
     assert other.diagnose(wait=True)[0].startswith("rank 0 stopped answering (")
     assert time.monotonic() - start < 5
+
+
+def test_child_watch_names_faults_but_not_user_errors(capsys):
+    """A child that exits with 2 met a user error, which rank 0 prints once; killed or crashed children are named."""
+    from trainer.faults import ChildWatch
+
+    class Exited:
+        def __init__(self, pid, code):
+            self.pid, self.code = pid, code
+
+        def poll(self):
+            return self.code
+
+    ChildWatch([Exited(11, 2), Exited(12, 1), Exited(13, -signal.SIGKILL), Exited(14, 0)], first_rank=1).run()
+    assert capsys.readouterr().err.splitlines() == ["tuneloop: rank 2 (pid 12) exited with code 1",
+                                                    "tuneloop: rank 3 (pid 13) was killed by SIGKILL"]
+
+
+def test_children_ended_after_a_user_error_are_ended_quietly(capsys):
+    """Rank 0 met a user error (reported once by tuneloop) and ends the ranks it launched: no line about them; after
+    a fault it names each one it ends."""
+    from types import SimpleNamespace
+
+    from trainer.faults import ChildWatch, WatchedLauncher
+
+    for quiet in (True, False):
+        child = subprocess.Popen(["sleep", "30"])
+        launcher = WatchedLauncher.__new__(WatchedLauncher)  # the parts end_children uses
+        launcher.procs, launcher.num_processes = [child], 2
+        launcher.cluster_environment = SimpleNamespace(node_rank=lambda: 0)
+        launcher._watch = ChildWatch([child], first_rank=1)
+        launcher.end_children(grace=0.2, quiet=quiet)
+        assert child.poll() == -signal.SIGKILL and launcher._watch.quiet is quiet
+        launcher._watch.run()  # what the watch thread would print about the child now
+        expected = [] if quiet else [f"tuneloop: ending rank 1 (pid {child.pid}): it did not exit within 0 s",
+                                     f"tuneloop: rank 1 (pid {child.pid}) was killed by SIGKILL"]
+        assert capsys.readouterr().err.splitlines() == expected
+
+
+def test_slurm_script_ends_the_step_when_a_task_fails_and_resumes_when_requeued(tmp_path):
+    """``scripts/slurm/train.sbatch`` with ``srun`` replaced by one that prints its arguments."""
+    (tmp_path / "srun").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "srun").chmod(0o755)
+    slurm = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "77",
+             "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "8"}
+
+    def sbatch(**env):
+        env = {k: v for k, v in {**os.environ, **slurm, **env}.items() if v is not None}
+        return subprocess.run(["bash", str(ROOT / "scripts/slurm/train.sbatch"), "-c", "recipe.yaml"], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
+    first = sbatch()
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["--kill-on-bad-exit=1", ".venv/bin/python", "-m", "trainer", "fit",
+                                         "--run.version=slurm-77", "-c", "recipe.yaml", "--trainer.num_nodes=2",
+                                         "--trainer.devices=8"]
+    requeued = sbatch(SLURM_RESTART_COUNT="1")
+    assert requeued.stdout.splitlines()[-3:] == ["--trainer.devices=8", "--ckpt_path", "last"]
+    unset = sbatch(SLURM_NTASKS_PER_NODE=None)
+    assert unset.returncode != 0 and "set --ntasks-per-node (one task per GPU)" in unset.stderr

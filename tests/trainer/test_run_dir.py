@@ -45,7 +45,7 @@ def test_fit_into_an_existing_run_is_refused_and_changes_nothing(runs, capsys):
     err = capsys.readouterr().err.rstrip().splitlines()
     run = runs / "waam-anomaly" / "r"
     assert err[-2] == (f"tuneloop fit: run directory {run} already holds a run (checkpoints, config.yaml, "
-                       "metrics.json, plots); fit never writes over another run")
+                       "metrics.json, model, plots); fit never writes over another run")
     assert err[-1] == (f"  hint: choose another --run.version (or leave it out for a new one), resume that run with "
                        f"--ckpt_path {run}/checkpoints/last.ckpt, or replace it with --run.overwrite=true")
     assert snapshot(runs) == before
@@ -92,13 +92,55 @@ def test_failed_evaluation_restores_the_files_it_rewrote(runs, tmp_path):
 
     run = runs / "waam-anomaly" / "r"
     (run / "config.test.yaml").write_text("an earlier evaluation\n")
-    torch.save({"not": "a Lightning checkpoint"}, run / "checkpoints" / "foreign.ckpt")
+    # Lightning-shaped (it passes check_checkpoint), but its weights belong to no model of this recipe.
+    torch.save({"pytorch-lightning_version": "2.6.6", "state_dict": {"w": torch.zeros(2)}},
+               run / "checkpoints" / "foreign.ckpt")
     before = snapshot(runs)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="Missing key"):
         TuneloopCLI(args=["test", *SMALL, f"--run.root={runs}", f"--ckpt_path={run}/checkpoints/foreign.ckpt"])
+    assert (run / "config.test.yaml").read_text() == "an earlier evaluation\n"
     assert snapshot(runs) == before
     (run / "config.test.yaml").unlink()
     (run / "checkpoints" / "foreign.ckpt").unlink()
+
+
+@pytest.mark.parametrize("steps", [0, 1])
+def test_failed_resume_keeps_the_earlier_config(runs, monkeypatch, steps):
+    """A resumed fit writes its own config.yaml when it starts. Failing before its first optimizer step (the
+    restored step is no step of this launch) it leaves the run as it was; failing after it trained a step it keeps
+    what it wrote (a step checkpoint), but config.yaml is the earlier run's again."""
+    from modules.encoder import EncoderModule
+
+    run = runs / "waam-anomaly" / "r"
+    config = (run / "config.yaml").read_bytes()
+    step = torch_load(run / "checkpoints" / "last.ckpt")["global_step"]
+    before = snapshot(runs)
+    training_step = EncoderModule.training_step
+
+    def fails_after(self, batch, batch_idx):
+        if self.trainer.global_step >= step + steps:
+            raise RuntimeError("boom")
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(EncoderModule, "training_step", fails_after)
+    with pytest.raises(RuntimeError, match="boom"):
+        TuneloopCLI(args=["fit", *SMALL, f"--run.root={runs}", "--run.version=r", f"--trainer.max_epochs={8 + steps}",
+                          f"--ckpt_path={run}/checkpoints/last.ckpt",
+                          "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                          "--trainer.callbacks.every_n_train_steps=1", "--trainer.callbacks.save_top_k=-1",
+                          "--trainer.callbacks.filename=step-{step}"])
+    assert (run / "config.yaml").read_bytes() == config
+    if steps == 0:
+        assert snapshot(runs) == before
+    else:
+        assert torch_load(run / "checkpoints" / f"step-step={step + 1}.ckpt")["global_step"] == step + 1
+        (run / "checkpoints" / f"step-step={step + 1}.ckpt").unlink()
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_guard_and_target_rules(tmp_path):

@@ -4,20 +4,75 @@ Every function writes one PNG (creating parent directories), and returns its pat
 imported inside the functions and used through ``matplotlib.figure.Figure`` with the Agg canvas, never
 through ``pyplot``: no global backend is switched, no figure is registered in pyplot's figure manager
 (so nothing stays open between calls), and it works headless on cluster nodes.
+
+Label names in Korean (intent labels, the team's class names) are drawn with NanumGothic, the font file of the
+``koreanize-matplotlib`` package (SIL Open Font License; found on disk, the package itself is never imported:
+importing it would change matplotlib's global settings). Text is set in the family list :data:`FONT_FAMILIES`:
+matplotlib draws each glyph with the first font that has it, so Latin text and digits keep DejaVu Sans (the
+default) and only Hangul (and whatever else DejaVu lacks) falls back to NanumGothic. The fallback applies inside
+each plot function only (an ``rc_context``); nothing global changes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["confusion_matrix_plot", "loss_curve", "multilabel_confusion_plot", "parity_plot"]
+__all__ = ["FONT_FAMILIES", "confusion_matrix_plot", "korean_font_path", "loss_curve", "multilabel_confusion_plot",
+           "parity_plot"]
 
 DPI = 100
+#: Fonts tried glyph by glyph, first to last: matplotlib's default for Latin text, then a Hangul font.
+FONT_FAMILIES = ["DejaVu Sans", "NanumGothic"]
+_registered: list[str] | None = None  # the families usable here, once the font files are registered
+
+
+def korean_font_path() -> Path | None:
+    """NanumGothic.ttf shipped in the ``koreanize-matplotlib`` package (located, not imported), or ``None``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("koreanize_matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "fonts" / "NanumGothic.ttf"
+    return path if path.is_file() else None
+
+
+def font_families() -> list[str]:
+    """:data:`FONT_FAMILIES` with the Hangul font registered in matplotlib's font manager (once per process);
+    DejaVu Sans alone when the font is not installed."""
+    global _registered
+    if _registered is None:
+        from matplotlib import font_manager
+
+        path = korean_font_path()
+        if path is not None:
+            font_manager.fontManager.addfont(str(path))
+        _registered = FONT_FAMILIES if path is not None else FONT_FAMILIES[:1]
+    return list(_registered)
+
+
+def _fonts():
+    """The context every plot is drawn in: the fallback family list (see the module docstring)."""
+    import matplotlib
+
+    return matplotlib.rc_context({"font.family": font_families()})
+
+
+def _with_fonts(plot: Callable) -> Callable:
+    """A plot function drawn inside :func:`_fonts`."""
+
+    @functools.wraps(plot)
+    def drawn(*args, **kwargs):
+        with _fonts():
+            return plot(*args, **kwargs)
+
+    return drawn
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -62,6 +117,7 @@ def _annotate_counts(ax: Any, matrix: np.ndarray) -> None:
             ax.text(j, i, text, ha="center", va="center", color="white" if dark else "black", fontsize=9)
 
 
+@_with_fonts
 def loss_curve(
     train_steps: Sequence[int],
     train_loss: Sequence[float],
@@ -97,6 +153,7 @@ def loss_curve(
     return _save(fig, path)
 
 
+@_with_fonts
 def confusion_matrix_plot(
     matrix: Sequence[Sequence[int]] | np.ndarray,
     labels: Sequence[str],
@@ -130,6 +187,7 @@ def confusion_matrix_plot(
     return _save(fig, path)
 
 
+@_with_fonts
 def multilabel_confusion_plot(matrices: np.ndarray, labels: Sequence[str], path: str | Path) -> Path:
     """One 2x2 panel per label, in ``sklearn.metrics.multilabel_confusion_matrix`` layout.
 
@@ -175,6 +233,7 @@ def _r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return r2 if math.isfinite(r2) else float("nan")
 
 
+@_with_fonts
 def parity_plot(
     y_true: np.ndarray,
     y_pred: np.ndarray,

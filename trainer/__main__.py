@@ -20,13 +20,16 @@ LIGHTNING_COMMANDS = {
 TUNELOOP_COMMANDS = {
     "cv": "K-fold cross-validation of a recipe: one fit per fold, then a per-fold/mean ± std table.",
     "merge": "Merge a LoRA adapter into its base model (merge_and_unload) and save safetensors.",
+    "generate": "Answer prompts (a file, or stdin one per line) with a run's adapter on its base or a merged model, "
+                "streamed to the terminal; greedy as the run decodes; --out writes JSONL.",
     "compare": "Base vs tuned: generate answers, judge them 1-5, summarize with paired statistics; alerts: "
                "alert-decision metrics of prediction files side by side; runs: metrics of finished runs side by "
                "side, with differences.",
     "plan": "Parameters (exactly, on the meta device) and per-GPU memory of a recipe for every strategy.",
 }
 # tuneloop's own commands: module with a main(argv) each.
-_COMMAND_MODULES = {"cv": "trainer.cv", "merge": "trainer.merge", "compare": "trainer.compare", "plan": "trainer.plan"}
+_COMMAND_MODULES = {"cv": "trainer.cv", "merge": "trainer.merge", "generate": "trainer.generate",
+                    "compare": "trainer.compare", "plan": "trainer.plan"}
 
 USAGE = """usage: tuneloop <command> [options]      (same as: python -m trainer <command> ...)
 
@@ -35,8 +38,10 @@ One scaling-aware fine-tuning loop on PyTorch Lightning.
 commands:
 {commands}
 
-options for every command: --quiet (warnings and errors only), -v/--verbose (debug messages),
-  --debug (a mistake in the data or config prints its traceback too; also TUNELOOP_DEBUG=1).
+options for every command: --quiet (warnings and errors only), -v/--verbose (debug messages, and the
+  libraries' own output: Lightning's tips, info lines and model table, datasets' progress bars, transformers'
+  load reports, W&B's banner), --debug (a mistake in the data or config prints its traceback too; also
+  TUNELOOP_DEBUG=1).
 Run `tuneloop <command> --help` for the options of a command. Example:
   tuneloop fit -c configs/encoder/waam-multilabel.yaml -c configs/debug.yaml
 """

@@ -92,3 +92,57 @@ def test_parity_r2_is_sklearns_and_nan_when_undefined():
     for t, p in [(np.ones(5), np.ones(5)), (np.ones(5), np.arange(5.0)), (np.array([1.0]), np.array([2.0])),
                  (np.array([1.0, 2.0, 3.0]), np.array([1.0, np.nan, 3.0]))]:
         assert math.isnan(_r2(t, p))
+
+
+# ------------------------------------------------------------------------------------- non-Latin labels
+KOREAN = ["날씨", "음악 재생", "알람 설정"]  # intent labels as the intent team writes them
+
+
+def _missing_glyphs(draw) -> list[str]:
+    """The "Glyph ... missing from font(s)" warnings matplotlib raises while ``draw()`` renders text."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        draw()
+    return [str(w.message) for w in caught if "missing from font" in str(w.message)]
+
+
+def test_korean_labels_are_drawn_with_a_hangul_font(tmp_path):
+    matrix = np.array([[3, 1, 0], [0, 4, 1], [1, 0, 5]])
+    assert _missing_glyphs(lambda: confusion_matrix_plot(matrix, KOREAN, tmp_path / "cm.png")) == []
+    assert _missing_glyphs(lambda: multilabel_confusion_plot(np.ones((3, 2, 2), int), KOREAN, tmp_path / "ml.png")) == []
+    _check_png(tmp_path / "cm.png", tmp_path / "cm.png")
+
+    # The same text with matplotlib's default font alone draws empty boxes: the check above can fail.
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def default_font():
+        with matplotlib.rc_context({"font.family": ["DejaVu Sans"]}):
+            fig = Figure()
+            FigureCanvasAgg(fig)
+            fig.add_subplot(1, 1, 1).set_title(KOREAN[0])
+            fig.savefig(tmp_path / "boxes.png")
+
+    assert any("DejaVu Sans" in w for w in _missing_glyphs(default_font))
+
+
+def test_the_hangul_font_covers_the_labels_and_latin_text_keeps_dejavu():
+    from fontTools.ttLib import TTFont
+    from matplotlib import font_manager
+
+    from modules.plots import font_families, korean_font_path
+
+    path = korean_font_path()
+    assert path is not None and path.name == "NanumGothic.ttf"  # koreanize-matplotlib is a dependency
+    assert font_families() == ["DejaVu Sans", "NanumGothic"]
+    hangul = {ord(c) for label in KOREAN for c in label if not c.isspace()}
+    assert hangul <= set(TTFont(path)["cmap"].getBestCmap())
+    dejavu = font_manager.findfont(font_manager.FontProperties(family=["DejaVu Sans"]))
+    assert not hangul <= set(TTFont(dejavu)["cmap"].getBestCmap())
+    # The first family decides Latin text: still DejaVu Sans, as before the fallback.
+    assert font_manager.findfont(font_manager.FontProperties(family=font_families())) == dejavu
+    named = font_manager.findfont(font_manager.FontProperties(family="NanumGothic"), fallback_to_default=False)
+    assert named == str(path)

@@ -22,13 +22,15 @@ File formats (one JSON object per line):
   ``reference``.
 - answers: ``id, model, question, reference, answer`` (one line per question and model).
 - judgments: ``id, model, score`` (1-5), ``reason``, ``closer`` (a model name or ``"Nothing"``, the same on
-  both lines of a question).
+  both lines of a question). ``summarize`` also reads them without ``closer``, as CSV or ``.xlsx``, and in the
+  wide shape of a spreadsheet (one row per question, a score column per model): :mod:`~trainer.compare.scores`.
 - predictions (``alerts``, one file per model, as ``tuneloop test``/``predict`` write them): ``id``,
   ``target_alert`` (or ``alert``) true/false, and ``pred_alert`` true/false/null (null = unparseable) or,
   without that key, ``generation`` (or ``answer``) to parse with :func:`modules.alerts.parse_alert`.
 
 One file per step: :mod:`~trainer.compare.records` (the files above, read and checked),
-:mod:`~trainer.compare.generate`, :mod:`~trainer.compare.judge`, :mod:`~trainer.compare.stats` (summarize),
+:mod:`~trainer.compare.generate`, :mod:`~trainer.compare.judge`, :mod:`~trainer.compare.scores` (the score files
+summarize reads), :mod:`~trainer.compare.stats` (summarize),
 :mod:`~trainer.compare.tables` (summarize's files, Markdown/CSV writers), :mod:`~trainer.compare.alerts`,
 :mod:`~trainer.compare.runs`, and :mod:`~trainer.compare.cli` (the parser and :func:`main`).
 """
@@ -48,24 +50,22 @@ from trainer.compare.records import (
     NOTHING,
     Answer,
     CompareError,
-    JudgedQuestion,
     Question,
     alpaca_prompt,
     load_answers,
-    load_judged_questions,
-    load_judgments,
     load_question_texts,
     load_questions,
 )
+from trainer.compare.scores import SHAPES_HELP, JudgedQuestion, ScoreFile, load_scores
 from trainer.compare.runs import compare_runs, is_rate, load_run, run_runs
 from trainer.compare.stats import STAT_KEYS, paired_statistics, print_summary, run_summarize, toolpak_sections
 from trainer.compare.tables import write_summary
 
 __all__ = [
-    "ALERT_ROWS", "DEFAULT_SYSTEM", "EPILOG", "NOTHING", "STAT_KEYS", "Answer", "CompareError", "JudgedQuestion",
-    "ModelSpec", "Question", "alert_model_names", "alerts_markdown", "alpaca_prompt", "build_parser",
-    "common_alert_ids", "compare_runs", "is_rate", "load_alert_predictions", "load_answers", "load_judged_questions",
-    "load_judgments", "load_question_texts", "load_questions", "load_run", "main", "make_judge", "paired_statistics",
+    "ALERT_ROWS", "DEFAULT_SYSTEM", "EPILOG", "NOTHING", "SHAPES_HELP", "STAT_KEYS", "Answer", "CompareError",
+    "JudgedQuestion", "ModelSpec", "Question", "ScoreFile", "alert_model_names", "alerts_markdown", "alpaca_prompt",
+    "build_parser", "common_alert_ids", "compare_runs", "is_rate", "load_alert_predictions", "load_answers",
+    "load_question_texts", "load_questions", "load_run", "load_scores", "main", "make_judge", "paired_statistics",
     "print_summary", "read_api_key", "run_alerts", "run_generate", "run_judge", "run_runs", "run_summarize",
     "toolpak_sections", "write_summary",
 ]

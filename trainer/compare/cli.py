@@ -11,6 +11,7 @@ from trainer.compare.generate import DEFAULT_SYSTEM, run_generate
 from trainer.compare.judge import read_api_key, run_judge
 from trainer.compare.records import CompareError
 from trainer.compare.runs import RUNS_DESCRIPTION, RUNS_EPILOG, run_runs
+from trainer.compare.scores import SHAPES_HELP
 from trainer.compare.stats import STAT_KEYS, run_summarize
 from trainer.judges import DEFAULT_BERTSCORE_MODEL, JudgeError
 from trainer.local_generation import LocalModelError
@@ -29,6 +30,15 @@ EPILOG = """examples:
   tuneloop compare runs runs/intent-exaone-lora/base runs/intent-exaone-lora/tuned --out runs/compare/intent
 
 Run `tuneloop compare <step> --help` for the options of a step."""
+
+
+class _WrapOneLiners(argparse.HelpFormatter):
+    """Wraps a one-line description, keeps a text with line breaks (a layout such as SHAPES_HELP) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,13 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
         "var_b, one-tailed p and critical F as Excel computes them), plus how often each model was closer. "
         "Undefined figures (a constant column, equal differences) are shown as #DIV/0! (null in --json). --out DIR "
         "writes the same tables (Tables 5-6) and the judgments per question (Table 7) as files.",
+        epilog=SHAPES_HELP, formatter_class=_WrapOneLiners,
     )
     # --a/--b as in judge, with this step's own help: every step lists its options in its own --help.
-    summ.add_argument("--judgments", required=True, metavar="FILE", help="judgments JSONL written by judge")
-    summ.add_argument("--a", required=True, metavar="NAME", help="first model (variable 1)")
-    summ.add_argument("--b", required=True, metavar="NAME", help="second model (variable 2)")
+    summ.add_argument("--judgments", required=True, metavar="FILE",
+                      help="the scores: the judgments JSONL written by judge, or a CSV/XLSX/JSONL of either shape "
+                      "below (closer optional)")
+    summ.add_argument("--a", required=True, metavar="NAME",
+                      help="first model (variable 1): its 'model' value, or its score column in a wide file")
+    summ.add_argument("--b", required=True, metavar="NAME",
+                      help="second model (variable 2): its 'model' value, or its score column in a wide file")
     summ.add_argument("--json", action="store_true",
-                      help="print one JSON object (keys: " + ", ".join(STAT_KEYS) + ", closer) instead of tables")
+                      help="print one JSON object (keys: " + ", ".join(STAT_KEYS) + ", closer: counts, or null "
+                      "without a closer column) instead of tables")
     summ.add_argument("--alpha", type=float, default=0.05,
                       help="significance level of the critical values (default 0.05)")
     summ.add_argument("--out", default=None, metavar="DIR",
@@ -136,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "question, both scores, closer, reason)")
     summ.add_argument("--questions", default=None, metavar="FILE",
                       help="questions JSONL (as generate reads it) or the answers JSONL of generate: the question "
-                      "text of each id for per_question.* (without it that column is left out)")
+                      "text of each id for per_question.* (default: a wide file's question column; without either "
+                      "that column is left out)")
 
     alerts = steps.add_parser(
         "alerts", help="accuracy, precision, recall, F1, false positives of alert decisions, models side by side",

@@ -1,5 +1,6 @@
-"""The files of ``tuneloop compare`` (questions, answers, judgments): reading and checking them, with errors that
-name ``file:line: field``; and what every step shares (:class:`CompareError`, :data:`NOTHING`, model names,
+"""The files of ``tuneloop compare`` (questions, answers; the score files of ``summarize`` are in
+:mod:`~trainer.compare.scores`): reading and checking them, with errors that name ``file:line: field``; and what
+every step shares (:class:`CompareError`, :data:`NOTHING`, model names,
 the progress bar). The formats are described in :mod:`trainer.compare`."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datamodules.records import RecordFile, check_number, load_record_file, require_fields
+from datamodules.records import RecordFile, load_record_file, require_fields
 
 # The Alpaca prompt of MISSION §2: the same text the SFT recipes train with, so base and tuned models are
 # asked exactly as training asked them.
@@ -165,59 +166,6 @@ def load_answers(path: str, a: str, b: str) -> dict[str | int, dict[str, Answer]
         )
     _check_pairs(path, by_id, a, b)
     return by_id
-
-
-@dataclass(frozen=True)
-class JudgedQuestion:
-    """One question of a judgments file, both models' lines joined (a row of the per-question table)."""
-
-    id: str | int
-    score_a: float
-    score_b: float
-    closer: str  # a, b or NOTHING
-    reason: str  # the judge's reason ("" when the file has none; both reasons when the two lines differ)
-
-
-def load_judged_questions(path: str, a: str, b: str) -> list[JudgedQuestion]:
-    """Read a judgments JSONL: one :class:`JudgedQuestion` per question id (in file order), checked to hold a
-    line of ``a`` and of ``b`` for every id with the same ``closer`` (``a``, ``b`` or ``"Nothing"``)."""
-    rf = _jsonl(path)
-    require_fields(rf, ["id", "model", "score", "closer"])
-    scores = check_number(rf, "score")
-    has_reason = "reason" in rf.dataset.column_names
-    by_id: dict[str | int, dict[str, float]] = {}
-    closer_of: dict[str | int, tuple[str, int]] = {}
-    reasons: dict[str | int, dict[str, str]] = {}
-    for i, row, qid, model in _lines_by_model(rf, "second judgment of model {model!r} on id {qid!r}"):
-        by_id.setdefault(qid, {})[model] = scores[i]
-        closer = _text(rf, i, "closer", row["closer"])
-        if model in (a, b):
-            if closer not in (a, b, NOTHING):
-                raise rf.error(i, "closer", f"expected {a!r}, {b!r} or {NOTHING!r}, got {closer!r}")
-            first = closer_of.setdefault(qid, (closer, i))
-            if first[0] != closer:
-                raise rf.error(i, "closer", f"{closer!r} disagrees with {first[0]!r} at {rf.locate(first[1])} "
-                                            f"(both lines of a question carry the same verdict)")
-            if has_reason and row["reason"] is not None:
-                reasons.setdefault(qid, {})[model] = _text(rf, i, "reason", row["reason"], allow_empty=True)
-    _check_pairs(path, by_id, a, b)
-    out = []
-    for qid, models in by_id.items():
-        said = reasons.get(qid, {})
-        texts = list(dict.fromkeys(said[m] for m in (a, b) if m in said))  # one text when both lines agree
-        reason = texts[0] if len(texts) == 1 else "; ".join(f"{m}: {said[m]}" for m in (a, b) if m in said)
-        out.append(JudgedQuestion(qid, models[a], models[b], closer_of[qid][0], reason))
-    return out
-
-
-def load_judgments(path: str, a: str, b: str) -> tuple[list[float], list[float], dict[str, int]]:
-    """Read a judgments JSONL: the scores of ``a`` and ``b`` paired by question id (in file order) and the
-    counts of the closer model (``a``, ``b``, ``"Nothing"``)."""
-    questions = load_judged_questions(path, a, b)
-    counts = {a: 0, b: 0, NOTHING: 0}
-    for q in questions:
-        counts[q.closer] += 1
-    return [q.score_a for q in questions], [q.score_b for q in questions], counts
 
 
 def load_question_texts(path: str) -> dict[str | int, str]:

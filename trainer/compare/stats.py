@@ -9,7 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainer.compare.records import NOTHING, CompareError, load_judged_questions, load_question_texts
+from trainer.compare.records import NOTHING, CompareError, load_question_texts
+from trainer.compare.scores import load_scores
 
 STAT_KEYS = ("n", "mean_a", "mean_b", "var_a", "var_b", "sd_a", "sd_b", "sem_a", "sem_b", "pearson_r", "t_stat",
              "df", "p_one_tail", "p_two_tail", "t_crit_one_tail", "t_crit_two_tail", "f_stat", "p_f_one_tail",
@@ -126,8 +127,9 @@ def summary_heading(s: dict, a: str, b: str, alpha: float, path: str) -> str:
     return f"tuneloop compare summarize: {path}, {a} vs {b}, {s['n']} paired questions, alpha {alpha}"
 
 
-def print_summary(s: dict, closer: dict[str, int], a: str, b: str, alpha: float, path: str) -> None:
-    """The figures laid out like Excel's toolpak output, the two models side by side."""
+def print_summary(s: dict, closer: dict[str, int] | None, a: str, b: str, alpha: float, path: str) -> None:
+    """The figures laid out like Excel's toolpak output, the two models side by side; the closer counts when the
+    file has them (``closer`` not None)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -141,6 +143,8 @@ def print_summary(s: dict, closer: dict[str, int], a: str, b: str, alpha: float,
         for label, va, vb in rows:
             t.add_row(label, "" if va is None else fmt(va), "" if vb is None else fmt(vb))
         console.print(t)
+    if closer is None:
+        return
     closer_table = Table(title=CLOSER_TITLE, title_justify="left")
     for name in closer:
         closer_table.add_column(name, justify="right")
@@ -149,22 +153,26 @@ def print_summary(s: dict, closer: dict[str, int], a: str, b: str, alpha: float,
 
 
 def run_summarize(args: argparse.Namespace) -> dict:
-    """Paired statistics of ``--judgments``: printed (tables or ``--json``) and, with ``--out``, written as files
-    (:func:`trainer.compare.tables.write_summary`). Returns the JSON object (statistics and ``closer``)."""
+    """Paired statistics of ``--judgments`` (a score file of either shape, :mod:`trainer.compare.scores`): printed
+    (tables or ``--json``) and, with ``--out``, written as files (:func:`trainer.compare.tables.write_summary`).
+    Returns the JSON object (statistics and ``closer``: the counts, or None when the file has no closer)."""
     if not 0 < args.alpha < 1:
         raise CompareError(f"--alpha must be between 0 and 1, got {args.alpha}")
     if args.questions and not args.out:
         raise CompareError("--questions fills the question column of per_question.* under --out DIR; give --out")
-    judged = load_judged_questions(args.judgments, args.a, args.b)
-    texts = load_question_texts(args.questions) if args.questions else None
+    scores = load_scores(args.judgments, args.a, args.b)
+    judged = scores.questions
+    texts = load_question_texts(args.questions) if args.questions else scores.texts
     if texts is not None:
         unknown = [q.id for q in judged if q.id not in texts]
         if unknown:
             shown = ", ".join(repr(i) for i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             raise CompareError(f"--questions {args.questions}: no question for {len(unknown)} judged id(s): {shown}")
-    closer = {args.a: 0, args.b: 0, NOTHING: 0}
-    for q in judged:
-        closer[q.closer] += 1
+    closer = None
+    if scores.has_closer:
+        closer = {args.a: 0, args.b: 0, NOTHING: 0}
+        for q in judged:
+            closer[q.closer] += 1
     try:
         stats = paired_statistics([q.score_a for q in judged], [q.score_b for q in judged], args.alpha)
     except ValueError as e:

@@ -21,7 +21,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainer.compare.records import NOTHING, JudgedQuestion
+from trainer.compare.records import NOTHING
+from trainer.compare.scores import JudgedQuestion
 from trainer.compare.stats import CLOSER_TITLE, fmt, json_value, summary_heading, toolpak_sections
 
 
@@ -59,11 +60,12 @@ def _score(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-def write_summary(out: Path, stats: dict, closer: dict[str, int], judged: list[JudgedQuestion],
+def write_summary(out: Path, stats: dict, closer: dict[str, int] | None, judged: list[JudgedQuestion],
                   texts: dict[str | int, str] | None, args: argparse.Namespace) -> list[Path]:
     """Write the statistics (Tables 5-6) and the per-question table (Table 7) under ``out``; returns the paths.
 
-    ``texts``: question text by id (from ``--questions``), or ``None`` to leave the question column out."""
+    ``texts``: question text by id (from ``--questions``), or ``None`` to leave the question column out.
+    ``closer``: the closer counts, or ``None`` (the file has no closer): no closer table and column."""
     a, b = args.a, args.b
     out.mkdir(parents=True, exist_ok=True)
     sections = toolpak_sections(stats)
@@ -74,21 +76,26 @@ def write_summary(out: Path, stats: dict, closer: dict[str, int], judged: list[J
     for title, rows in sections:
         cells = [[label, "" if va is None else fmt(va), "" if vb is None else fmt(vb)] for label, va, vb in rows]
         md += [f"## {title}", "", markdown_table(["", a, b], cells, right={1, 2})]
-    md += [f"## {CLOSER_TITLE}", "", markdown_table(list(closer), [list(closer.values())], right={0, 1, 2})]
+    if closer is not None:
+        md += [f"## {CLOSER_TITLE}", "", markdown_table(list(closer), [list(closer.values())], right={0, 1, 2})]
     paths[0].write_text("\n".join(md), encoding="utf-8")
 
     rows = [[title, label, csv_number(va), csv_number(vb)] for title, section in sections for label, va, vb in section]
-    rows += [[CLOSER_TITLE, "closer", closer[a], closer[b]], [CLOSER_TITLE, NOTHING, closer[NOTHING], ""]]
+    if closer is not None:
+        rows += [[CLOSER_TITLE, "closer", closer[a], closer[b]], [CLOSER_TITLE, NOTHING, closer[NOTHING], ""]]
     write_csv(paths[1], ["section", "statistic", a, b], rows)
 
     report = {"judgments": args.judgments, "a": a, "b": b, "alpha": args.alpha,
               **{k: json_value(v) for k, v in stats.items()}, "closer": closer}
     paths[2].write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
-    header = ["id", *(["question"] if texts is not None else []), f"{a} score", f"{b} score", "closer", "reason"]
-    table = [[q.id, *([texts[q.id]] if texts is not None else []), _score(q.score_a), _score(q.score_b), q.closer,
-              q.reason] for q in judged]
-    scores = {len(header) - 4, len(header) - 3}
+    has_closer = closer is not None
+    header = ["id", *(["question"] if texts is not None else []), f"{a} score", f"{b} score",
+              *(["closer"] if has_closer else []), "reason"]
+    table = [[q.id, *([texts[q.id]] if texts is not None else []), _score(q.score_a), _score(q.score_b),
+              *([q.closer] if has_closer else []), q.reason] for q in judged]
+    first_score = 1 + (texts is not None)
+    scores = {first_score, first_score + 1}
     paths[3].write_text(f"# {a} vs {b}: judgments per question\n\n" + markdown_table(header, table, right=scores),
                         encoding="utf-8")
     write_csv(paths[4], header, table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def merge(base: str, adapter: str, out: str, dtype: str = "bf16", trust_remote_c
     except (OSError, ValueError) as e:
         raise MergeError(f"merged weights saved to {out_dir}, but the tokenizer of {source} could not be "
                          f"loaded: {e}") from None
+    for name in ("prompt.json", "chat_template.jinja"):  # the prompt layout travels with the merged weights
+        if (adapter_dir / name).is_file():
+            shutil.copyfile(adapter_dir / name, out_dir / name)
     return out_dir
 
 

@@ -193,6 +193,8 @@ def test_merge_matches_adapter_and_refuses_4bit_base(intent_fit, tmp_path):
           "--dtype", "fp32"])
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     assert list((tmp_path / "m").glob("*.safetensors")) and (tmp_path / "m" / "tokenizer.json").exists()
+    # The prompt layout travels with the merged weights (``tuneloop generate --model`` reads it).
+    assert (tmp_path / "m" / "prompt.json").read_bytes() == (run / "adapter" / "prompt.json").read_bytes()
     assert not any("lora" in n for n, _ in merged.named_parameters())
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "base_model"), run / "adapter").eval()
     ids = module.tokenizer(["오늘 비 와?"], return_tensors="pt")

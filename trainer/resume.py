@@ -63,8 +63,8 @@ class ResumeState(Callback):
     DataModule's training position, so that it continues exactly as the uninterrupted fit would:
 
     * every process's random states (dropout masks, ...) go into each checkpoint and are restored just before the
-      resumed fit's first training step (after every ``on_train_start`` hook: one that draws random numbers, such
-      as the throughput callback's peak-FLOP/s matmul, drew them before the checkpoint in the uninterrupted fit);
+      resumed fit's first training step (after every ``on_train_start`` hook: one that draws random numbers there
+      drew them before the checkpoint in the uninterrupted fit, and would shift the resumed fit's stream);
     * the first trained micro batch is checked to be the one where the train sampler resumed
       (``TuneloopDataModule.resumed_at``): Lightning's ``batch_idx`` and the data must agree;
     * no ``ModelCheckpoint`` saves inside a gradient-accumulation window (a checkpoint cannot hold the partial

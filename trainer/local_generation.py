@@ -40,13 +40,27 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+HUB_PREFIX = "hf://"
+
+
+def hub_model(base: str) -> tuple[str, str | None] | None:
+    """``(model id, revision)`` of a Hub model named ``hf://owner/name[@revision]``, else ``None`` (a local
+    directory). Loaded through ``from_pretrained``: the Hugging Face cache, or the Hub when online."""
+    if not base.startswith(HUB_PREFIX):
+        return None
+    model_id, at, revision = base[len(HUB_PREFIX):].partition("@")
+    if not model_id or (at and not revision):
+        raise LocalModelError(f"{base!r}: expected hf://owner/name or hf://owner/name@revision")
+    return model_id, revision or None
+
+
 def load_causal_lm(base: str, device: str, dtype: str = "auto", adapter: str | None = None):
     """A causal LM (``AutoModelForCausalLM``, with its PEFT ``adapter`` if given) in eval mode on ``device``,
     and its tokenizer (:func:`tokenizer_dir`) set for batched generation: left padding, a pad token (the EOS
     when it has none).
 
     Args:
-        base: Model directory.
+        base: Model directory, or a Hub model ``hf://owner/name[@revision]`` (:func:`hub_model`).
         device: ``cpu``, ``cuda``, ...
         dtype: ``auto`` (the checkpoint's), ``float32`` or ``bfloat16``.
         adapter: PEFT adapter directory, or None.
@@ -54,8 +68,18 @@ def load_causal_lm(base: str, device: str, dtype: str = "auto", adapter: str | N
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    hub = hub_model(base)
+    revision = {}
+    if hub is not None:
+        base, rev = hub
+        revision = {"revision": rev} if rev else {}
     tok_dir = tokenizer_dir(base, adapter)
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, **(revision if tok_dir == base else {}))
+    except OSError as e:
+        if hub is None:
+            raise
+        raise LocalModelError(f"hf://{base}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     # Batched generation appends new tokens on the right, so prompts must end at the same position.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -63,7 +87,7 @@ def load_causal_lm(base: str, device: str, dtype: str = "auto", adapter: str | N
             raise LocalModelError(f"tokenizer {tok_dir} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, **revision)
     if adapter:
         import warnings
 

@@ -16,6 +16,7 @@ from tests.conftest import ROOT, TOKENIZER, write_jsonl
 from trainer.compare import (
     DEFAULT_SYSTEM,
     STAT_KEYS,
+    CompareError,
     ModelSpec,
     Question,
     alpaca_prompt,
@@ -358,3 +359,29 @@ def test_generate_template_none_and_option_checks(tiny_models, tmp_path):
     with pytest.raises(SystemExit) as e:
         run_generate(tmp_path, [f"m={tiny_models / 'base'}", f"m={tiny_models / 'base'}"], "x.jsonl")
     assert "--model names must differ" in e.value.code
+
+
+def test_generate_with_a_hub_model_at_a_revision(tiny_models, tmp_path, monkeypatch, first_run):
+    """``hf://owner/name@revision`` loads through ``from_pretrained`` (here from a Hugging Face cache laid out as
+    the Hub client writes it, offline): the same answers as the local directory; a revision the cache lacks stops
+    the command with one line naming the model."""
+    import shutil
+
+    import huggingface_hub.constants as hub_constants
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny"
+    shutil.copytree(tiny_models / "base", repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert ModelSpec.parse(f"b=hf://acme/tiny@{sha}") == ModelSpec("b", f"hf://acme/tiny@{sha}", None)
+    models, rows = first_run
+    hub_rows = run_generate(tmp_path, [f"base=hf://acme/tiny@{sha}", f"tuned=hf://acme/tiny+{tiny_models}/adapter"],
+                            "hub.jsonl", "--batch-size", "2")
+    assert [r["answer"] for r in hub_rows] == [r["answer"] for r in rows]
+    with pytest.raises(SystemExit) as e:
+        run_generate(tmp_path, ["base=hf://acme/tiny@" + "f" * 40], "missing.jsonl")
+    assert e.value.code.startswith("tuneloop compare generate: hf://acme/tiny: cannot load its tokenizer")
+    with pytest.raises(CompareError, match="expected hf://owner/name"):
+        ModelSpec.parse("b=hf://acme/tiny@")

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="JSONL with id, question (or instruction + optional input) and reference")
     gen.add_argument("--model", action="append", required=True, metavar="NAME=BASE[+ADAPTER]",
                      help="a model to ask (repeat the option): a local causal LM directory (or package:<module>/"
-                     "<dir>), optionally + a PEFT adapter directory, e.g. tuned=models/base+runs/x/adapter")
+                     "<dir>, or a Hub model hf://owner/name[@revision] from the HF cache or the Hub), optionally + "
+                     "a PEFT adapter directory, e.g. tuned=models/base+runs/x/adapter")
     gen.add_argument("--out", required=True, metavar="FILE", help="answers JSONL to write")
     gen.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
                      help="most tokens generated per answer (default 256)")

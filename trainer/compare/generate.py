@@ -11,7 +11,8 @@ from pathlib import Path
 
 from datamodules.records import write_jsonl
 from trainer.compare.records import MODEL_NAME, NOTHING, CompareError, load_questions, progress
-from trainer.local_generation import default_device, generate_batch, load_causal_lm, tokenizer_dir
+from trainer.local_generation import (LocalModelError, default_device, generate_batch, hub_model, load_causal_lm,
+                                      tokenizer_dir)
 
 #: The system instruction of MISSION §2's Alpaca prompt (``--system`` replaces it).
 DEFAULT_SYSTEM = (
@@ -21,7 +22,8 @@ DEFAULT_SYSTEM = (
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One ``--model NAME=BASE[+ADAPTER]``: a local causal LM directory and an optional PEFT adapter."""
+    """One ``--model NAME=BASE[+ADAPTER]``: a local causal LM directory (or a Hub model
+    ``hf://owner/name[@revision]``) and an optional PEFT adapter."""
 
     name: str
     base: str
@@ -42,10 +44,12 @@ class ModelSpec:
         if plus and not adapter:
             raise CompareError(f"--model {text!r}: nothing after '+' (expected BASE+ADAPTER)")
         try:
-            base, adapter = resolve_path(base), resolve_path(adapter) if adapter else adapter
-        except FileNotFoundError as e:
+            hub = hub_model(base)
+            base = base if hub else resolve_path(base)
+            adapter = resolve_path(adapter) if adapter else adapter
+        except (FileNotFoundError, LocalModelError) as e:
             raise CompareError(f"--model {text!r}: {e}") from None
-        if not (Path(base) / "config.json").is_file():
+        if not hub and not (Path(base) / "config.json").is_file():
             what = "has no config.json" if Path(base).is_dir() else "does not exist"
             raise CompareError(f"--model {text!r}: base model directory {base} {what} "
                                "(expected a Hugging Face causal LM directory)")

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast gpu-check clean
 
 # torch is installed first and pinned so that no resolver replaces the local CPU build by a CUDA one.
 $(STAMP): pyproject.toml constraints.txt
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow and not distributed"
+
+# On a machine with a CUDA GPU: strategy presets in bf16, QLoRA, EXAONE-1.2B-shaped throughput/MFU and `tuneloop
+# plan` vs measured memory, under 8 minutes; JSON in runs/gpu_check/gpu_check.json (scripts/gpu_check.py --help).
+gpu-check: $(STAMP)
+	PYTHON=$(PY) scripts/gpu_check.sh
 
 clean:
 	rm -rf runs .pytest_cache

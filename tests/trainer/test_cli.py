@@ -14,7 +14,7 @@ from trainer.cli import TuneloopCLI
 from datamodules.batch import BatchSizeError
 
 RECIPES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")
-                 if p.parent.name not in ("strategy", "demo") and p.name != "debug.yaml")
+                 if p.parent.name not in ("strategy", "demo", "bench") and p.name != "debug.yaml")  # overlays
 OVERLAYS = ["configs/debug.yaml", "configs/demo/minilm.yaml"]
 DEBUG = "configs/debug.yaml"
 SMALL = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",

@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.batch import BatchSpec
-from datamodules.records import SUPPORTED, DataConfigError, RecordError, file_format
+from datamodules.records import DataConfigError, RecordError, file_format, require_file
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,8 @@ log = logging.getLogger(__name__)
 def check_data_file(source: str) -> None:
     """What ``records.load_record_file`` checks first, with its messages, without reading the records: ``source``
     (``file.xlsx#Sheet``: the workbook) is an existing file of a supported type, readable and not empty."""
-    path = Path(source.rpartition("#")[0] if source.rpartition("#")[0].lower().endswith(".xlsx") else source)
-    if path.is_dir():
-        raise IsADirectoryError(f"data file {path} is a directory; give a {SUPPORTED} file")
-    if not path.is_file():
-        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
-        raise FileNotFoundError(f"data file not found: {path}{where}")
+    path = require_file(Path(source.rpartition("#")[0] if source.rpartition("#")[0].lower().endswith(".xlsx")
+                             else source))
     fmt = file_format(path)
     try:
         with path.open("rb") as f:

@@ -282,6 +282,16 @@ def _number_text(value) -> str:
     return str(value)
 
 
+def require_file(path: Path) -> Path:
+    """``path`` if it is an existing file; else the one-line error a data file that is missing or a directory gets."""
+    if path.is_dir():
+        raise IsADirectoryError(f"data file {path} is a directory; give a {SUPPORTED} file")
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise FileNotFoundError(f"data file not found: {path}{where}")
+    return path
+
+
 def load_record_file(path: str | Path, cache_dir: str | None = None) -> RecordFile:
     """Load a JSONL/CSV/Parquet file with ``datasets`` (Arrow-cached), after a check of its encoding and syntax
     (JSONL, CSV) that names the first bad line; or the first sheet of an ``.xlsx`` workbook (``file.xlsx#Sheet``:
@@ -291,12 +301,7 @@ def load_record_file(path: str | Path, cache_dir: str | None = None) -> RecordFi
     path, sheet = str(path), None
     if "#" in path and path.rpartition("#")[0].lower().endswith(".xlsx"):
         path, _, sheet = path.rpartition("#")
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"data file {path} is a directory; give a {SUPPORTED} file")
-    if not path.is_file():
-        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
-        raise FileNotFoundError(f"data file not found: {path}{where}")
+    path = require_file(Path(path))
     fmt = file_format(path)
     if fmt == "xlsx":
         ds, lines = _read_xlsx(path, sheet)

@@ -115,9 +115,10 @@ class PlainProgress(ProgressBar):
     def _eval_end(self, trainer, name: str) -> None:
         if not self._enabled or trainer.sanity_checking:
             return
-        prefix = {"validation": "val/", "test": "test/"}[name]
-        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix) and v.numel() == 1}
-        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+        shown = ""
+        if name == "validation":  # test metrics are the final table's; a validation pass has no table of its own
+            values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
+            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
         self.print(f"{name} done at step {trainer.global_step}" + (f": {shown}" if shown else ""))
 
     def on_validation_end(self, trainer, pl_module) -> None:

@@ -105,7 +105,7 @@ def test_two_nodes_with_torchrun_on_one_machine(tmp_path):
     args = ["bash", "scripts/launch_multinode.sh", "-c", "configs/encoder/waam-anomaly.yaml", "-c",
             "configs/debug.yaml", "--trainer.strategy=ddp", f"--run.root={tmp_path}", "--trainer.logger=false",
             "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=4",
-            "--run.test_after_fit=false"]
+            "--run.test_after_fit=false", "-v"]  # -v: Lightning's rank lines (GLOBAL_RANK ... MEMBER) are shown
     nodes = [subprocess.Popen(args, cwd=ROOT, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) for rank in (0, 1)]
     outs = [n.communicate(timeout=600)[0] for n in nodes]

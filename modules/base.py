@@ -84,6 +84,15 @@ class TuneloopModule(pl.LightningModule):
         return lora
 
     # ----- seams used by the trainer's callbacks and CLI ------------------------------------------------------
+    #: Whether ``export_model`` hands over a standalone transformers model (``<run dir>/model/``).
+    exports_model: ClassVar[bool] = False
+
+    def export_model(self, path: Path) -> Path | None:
+        """Write a standalone transformers model (``save_pretrained``, an adapter merged into its base) to
+        ``path``, for modules with ``exports_model``: every rank calls it (a sharded model is gathered), rank 0
+        writes; ``None`` when nothing is written."""
+        return None
+
     @property
     def has_adapter(self) -> bool:
         """Whether the module trains a PEFT adapter that ``export_adapter`` writes."""

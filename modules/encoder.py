@@ -73,6 +73,7 @@ class EncoderModule(TuneloopModule):
     """
 
     peft_task_type = "SEQ_CLS"
+    exports_model = True  # model/: AutoModelForSequenceClassification (export_model)
 
     # State-dict keys of the head's buffers in checkpoints written before the heads were their own modules.
     LEGACY_KEYS = {"bce_pos_weight": "head.pos_weight", "target_mean": "head.target_mean",

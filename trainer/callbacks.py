@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -267,18 +267,9 @@ def record_export(trainer: pl.Trainer, name: str, info: dict) -> None:
     update_metrics_file(path, "exports", {**data.get("exports", {}), name: info})
 
 
-@runtime_checkable
-class ModelExport(Protocol):
-    """A module that also hands over a standalone transformers model (``save_pretrained``, an adapter merged into
-    its base): ``export_model(path)`` is called on every rank (a sharded model is gathered), rank 0 writes. The
-    encoder module is one."""
-
-    def export_model(self, path: Path) -> Path | None: ...
-
-
 class AdapterExport(Callback):
     """Exports the PEFT adapter (``PeftModel.from_pretrained``-loadable, with the tokenizer and ``prompt.json``)
-    and, for a :class:`ModelExport` module, the standalone model, so that ``<run dir>/adapter/`` and
+    and, for a module that ``exports_model``, the standalone model, so that ``<run dir>/adapter/`` and
     ``<run dir>/model/`` are the model whose test metrics the run reports:
 
     * a recipe with a monitored checkpoint: ``adapter/`` and ``model/`` are the best checkpoint, written when
@@ -302,7 +293,8 @@ class AdapterExport(Callback):
 
     @staticmethod
     def _export(trainer, pl_module, suffix: str, info: dict, model: bool) -> None:
-        """``adapter<suffix>/`` of an adapter module and, with ``model``, ``model/`` of a ModelExport module."""
+        """``adapter<suffix>/`` of an adapter module and, with ``model``, ``model/`` of a module that
+        ``exports_model``."""
         from trainer import model_card
 
         if not isinstance(pl_module, TuneloopModule):
@@ -311,7 +303,7 @@ class AdapterExport(Callback):
         if pl_module.has_adapter:
             pl_module.export_adapter(run_dir(trainer) / f"adapter{suffix}")
             written.append(f"adapter{suffix}")
-        if model and isinstance(pl_module, ModelExport):
+        if model and pl_module.exports_model:
             pl_module.export_model(run_dir(trainer) / "model")
             written.append("model")
         if trainer.is_global_zero:

@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from datamodules.base import TuneloopDataModule
 from modules.base import TuneloopModule
-from trainer.callbacks import AdapterExport, ModelExport, PredictionWriter, RunArtifacts, best_checkpoint
+from trainer.callbacks import AdapterExport, PredictionWriter, RunArtifacts, best_checkpoint
 from trainer.summary import CompactModelSummary
 from trainer.resume import FinalLastCheckpoint, ResumeState, trained_steps
 from trainer.progress import progress_bar
@@ -138,13 +138,13 @@ class TuneloopCLI(LightningCLI):
         user_callbacks = cfg.trainer.callbacks or []
         from trainer.guards import NonFiniteGuard  # a guard the config names (its policy) replaces the default
 
-        if not any(issubclass(_callback_class(c), NonFiniteGuard) for c in user_callbacks):
+        if not _names_callback(user_callbacks, NonFiniteGuard):
             callbacks.insert(1, NonFiniteGuard())  # before AdapterExport: a fit it fails at the end exports nothing
         from trainer.perf import Throughput  # one the config names (its peak_tflops) replaces the default
 
-        if not any(issubclass(_callback_class(c), Throughput) for c in user_callbacks):
+        if not _names_callback(user_callbacks, Throughput):
             callbacks.append(Throughput())  # before the progress bar, whose plain lines read its tokens/s
-        has_bar = any(issubclass(_callback_class(c), ProgressBar) for c in user_callbacks)
+        has_bar = _names_callback(user_callbacks, ProgressBar)
         if cfg.trainer.enable_progress_bar is not False and not has_bar:
             callbacks.append(progress_bar())
         if cfg.trainer.enable_model_summary is not False and verbosity() != "verbose":
@@ -227,8 +227,7 @@ class TuneloopCLI(LightningCLI):
         if self._subconfig().run.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None,
                               verbose=verbosity() == "verbose")  # tuneloop's table below has the test metrics
-        elif best and isinstance(self.model, TuneloopModule) and (self.model.has_adapter
-                                                                 or isinstance(self.model, ModelExport)):
+        elif best and isinstance(self.model, TuneloopModule) and (self.model.has_adapter or self.model.exports_model):
             self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)
         for cb in self.trainer.callbacks:
             if isinstance(cb, RunArtifacts):
@@ -252,6 +251,11 @@ def newest_checkpoint(run: Namespace, env: dict[str, str]) -> str:
         raise CheckpointError(f"--ckpt_path last: no checkpoint in {directory} to resume",
                               "pass a checkpoint path, or leave --ckpt_path out to start a new fit")
     return str(found[-1])
+
+
+def _names_callback(callbacks: list, kind: type) -> bool:
+    """Whether the config's ``trainer.callbacks`` hold one of ``kind`` (which then replaces tuneloop's default)."""
+    return any(issubclass(_callback_class(c), kind) for c in callbacks)
 
 
 def _callback_class(callback) -> type:

@@ -28,7 +28,7 @@ from modules.bertscore import BertScore
 from modules.generation import SampleGenerations, eval_mode, greedy_generate
 from modules.metrics import LabelPredictionStats
 from modules.optim import SchedulerSpec
-from modules.token_loss import StepTokenLoss, TokenMeanNLL, token_nll
+from modules.token_loss import StepTokenLoss, TokenMeanNLL, predicting_positions, token_nll
 
 
 #: The BERTScore encoder of debug runs (``backbone.tiny``): shipped in a PyPI package, never downloaded.
@@ -142,14 +142,23 @@ class CausalLMModule(TuneloopModule):
         # No KV cache in a training or loss forward (transformers builds one by default: memory for nothing).
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
+    def response_nll(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed NLL (fp32) of the batch's response tokens and their number, with the head applied only at the
+        positions that predict one (``modules.token_loss.predicting_positions``)."""
+        inputs = model_inputs(self.model, batch)
+        labels = batch["labels"].reshape(inputs["input_ids"].shape)  # packed rows may be laid end to end
+        positions = predicting_positions(labels)
+        logits = self.model(**inputs, use_cache=False, logits_to_keep=positions).logits
+        return token_nll(logits, labels, positions=positions)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # A mean over the loss tokens of the whole optimizer step (all micro batches, all processes), so the
         # same global batch trains the same on any number of processes and any micro batch size.
-        return self.step_loss.training_step(self, batch, batch_idx, self(batch))
+        return self.step_loss.training_step(self, batch, batch_idx, self.response_nll(batch)[0])
 
     # ----- evaluation ---------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.val_nll.update(*token_nll(self(batch), batch["labels"]))
+        self.val_nll.update(*self.response_nll(batch))
         if self.labels and self.classify_on_validation:
             preds, _ = self.classify(batch)
             self.val_cls.update(preds, self.label_index(batch["reference"]))
@@ -161,7 +170,7 @@ class CausalLMModule(TuneloopModule):
             self.val_cls.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_nll.update(*token_nll(self(batch), batch["labels"]))
+        self.test_nll.update(*self.response_nll(batch))
         rows = self.prediction_rows(batch, with_reference=True)
         self._eval_outputs += rows
         if self.labels:
@@ -312,23 +321,40 @@ class CausalLMModule(TuneloopModule):
         return SampleGenerations(rows, ["epoch", "step", "id", "prompt", "generation", "reference"])
 
 
-def packed_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """Logits (rows, seq, vocab) of packed rows (``datamodules.collate.pack_causal``): several records per row,
-    ``position_ids`` (rows, seq) restarting at 0 at every record.
+def model_inputs(model, batch: dict) -> dict:
+    """The model's keyword arguments for ``batch`` (without ``use_cache``/``logits_to_keep``): ids and attention
+    mask of padded rows; of packed rows (``datamodules.collate.pack_causal``: several records per row,
+    ``position_ids`` restarting at 0 at every record), ids, positions and no ``attention_mask``.
 
-    The model gets the positions and no ``attention_mask`` and no cache: that is when transformers' mask code
-    (``masking_utils.find_packed_sequence_indices``) reads the record boundaries from the positions and builds a
-    block-diagonal causal mask (sdpa, eager, flex); a cache, which a forward creates unless ``use_cache=False``,
-    would switch that off. Flash-attention reads the boundaries from the positions too (its varlen kernel), but
-    only in a batch of one row, so under flash-attention the rows are laid end to end into one (each row's
-    records, and its padding segment, start at position 0, so the rows stay apart)."""
+    Which attention keeps packed records apart:
+    - ``sdpa`` (the default) is switched to :data:`modules.varlen_attention.VARLEN` on the first packed batch:
+      one SDPA call per record, whose boundaries it gets as flash-attention's varlen arguments;
+    - flash-attention reads the boundaries from the positions (its varlen kernel);
+    - ``eager`` (and ``flex_attention``) get transformers' block-diagonal causal mask, which its mask code
+      (``masking_utils.find_packed_sequence_indices``) builds from the positions.
+    The forward must run without a cache (``use_cache=False``): one would switch the packed-sequence detection
+    off. Varlen and flash-attention take a batch of one row, so there the rows are laid end to end into one
+    (each row's records, and its padding segment, start at position 0, so the rows stay apart; each record's
+    first token is out of the loss, so no row's last position predicts the next row's first token)."""
+    if "position_ids" not in batch:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     from transformers.utils.generic import is_flash_attention_requested
 
+    from modules.varlen_attention import VARLEN, use_varlen, varlen_kwargs
+
+    input_ids, position_ids = batch["input_ids"], batch["position_ids"]
+    varlen = use_varlen(model) == VARLEN
+    if input_ids.shape[0] > 1 and (varlen or is_flash_attention_requested(model.config)):
+        input_ids, position_ids = input_ids.reshape(1, -1), position_ids.reshape(1, -1)
+    extra = varlen_kwargs(position_ids) if varlen else {}
+    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": None, **extra}
+
+
+def packed_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Logits (rows, seq, vocab) of packed rows (:func:`model_inputs`)."""
     rows, width = input_ids.shape
-    if rows > 1 and is_flash_attention_requested(model.config):
-        input_ids, position_ids = input_ids.reshape(1, rows * width), position_ids.reshape(1, rows * width)
-    logits = model(input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False).logits
-    return logits.view(rows, width, -1)
+    inputs = model_inputs(model, {"input_ids": input_ids, "position_ids": position_ids})
+    return model(**inputs, use_cache=False).logits.view(rows, width, -1)
 
 
 _PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)

@@ -114,11 +114,11 @@ class StepTokenLoss:
         # (sum over the step / step tokens) after Lightning's 1/accumulate and the 1/world of gradient averaging.
         return nll_sum * (accumulate * world / max(tokens, 1))
 
-    def training_step(self, module, batch: dict, batch_idx: int, logits: torch.Tensor) -> torch.Tensor:
-        """The causal-LM ``training_step`` of ``module`` for a micro batch whose logits are ``logits``: the
-        step-normalized loss, plus ``train/padding_fraction`` (pad tokens / all tokens over the epoch). The
-        data's per-sample loss-token counts are read through ``datamodule.loss_token_counts("train")``."""
-        nll, _ = token_nll(logits, batch["labels"])
+    def training_step(self, module, batch: dict, batch_idx: int, nll: torch.Tensor) -> torch.Tensor:
+        """The causal-LM ``training_step`` of ``module`` for a micro batch whose summed response-token NLL is
+        ``nll`` (:func:`token_nll`): the step-normalized loss, plus ``train/padding_fraction`` (pad tokens / all
+        tokens over the epoch). The data's per-sample loss-token counts are read through
+        ``datamodule.loss_token_counts("train")``."""
         counts = partial(module.trainer.datamodule.loss_token_counts, "train")  # read once per epoch
         loss = self.training_loss(module, counts, batch_idx, batch["loss_tokens"], nll)
         mask = batch["attention_mask"]
@@ -137,16 +137,31 @@ def loss_chunk_rows(vocab: int, chunk_values: int = LOSS_CHUNK_VALUES) -> int:
     return max(1, chunk_values // max(int(vocab), 1))
 
 
-def token_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions t (1-D, ascending) at which some row's next token (t + 1) is a response token of ``labels``
+    (batch, seq; -100 elsewhere): the only positions whose logits the loss reads. The model's head is applied at
+    these alone (``logits_to_keep``), which skips its matmul, the softmax and their backward at every prompt
+    position. Never empty (position 0, which predicts nothing, stands in), so the graph always reaches the head."""
+    positions = (labels[:, 1:] != -100).any(0).nonzero().view(-1)
+    return positions if positions.numel() else positions.new_zeros(1)
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None, *,
+              positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token NLL (fp32) of ``logits`` (batch, seq, vocab) over the response tokens of ``labels``
-    (batch, seq; -100 elsewhere), and the number of those tokens. Position t predicts token t+1.
+    (batch, seq; -100 elsewhere), and the number of those tokens. Position t predicts token t+1. With
+    ``positions`` (:func:`predicting_positions`), ``logits`` are (batch, len(positions), vocab): the logits at
+    those positions only.
 
     Computed over chunks of ``chunk_rows`` positions (default :func:`loss_chunk_rows`), so the fp32 logits are
     never materialized whole (module docstring); value and gradient equal :func:`plain_token_nll`'s up to fp32
     rounding. ``logits`` is read as a (batch * seq, vocab) view: a non-contiguous tensor is copied once."""
-    targets = torch.full_like(labels, -100)
-    targets[:, :-1] = labels[:, 1:]  # (batch, seq): the token each position predicts; the last predicts nothing
+    if positions is None:
+        targets = torch.full_like(labels, -100)
+        targets[:, :-1] = labels[:, 1:]  # (batch, seq): the token each position predicts; the last predicts nothing
+    else:
+        nxt = positions + 1
+        targets = torch.where(nxt < labels.size(1), labels[:, nxt.clamp(max=labels.size(1) - 1)], -100)
     targets = targets.reshape(-1)
     vocab = logits.size(-1)
     rows = chunk_rows or loss_chunk_rows(vocab)

@@ -29,7 +29,7 @@ from modules.backbone import BackboneSpec, LoraSpec, QuantSpec, apply_lora
 from modules.base import OptimizerCallable, TuneloopModule, default_optimizer
 from modules.generation import SampleGenerations, eval_mode, greedy_generate
 from modules.optim import SchedulerSpec
-from modules.token_loss import StepTokenLoss, TokenMeanNLL, token_nll
+from modules.token_loss import StepTokenLoss, TokenMeanNLL, predicting_positions, token_nll
 
 # Child modules that hold the vision half of common image-text models (tower and projector).
 VISION_MODULE_NAMES = ("visual", "vision_tower", "vision_model", "multi_modal_projector")
@@ -181,10 +181,17 @@ class VisionLanguageModule(TuneloopModule):
         return inputs
 
     # ----- loss -------------------------------------------------------------------------------------------
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Logits (batch, seq, vocab) of the sequences with their images."""
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          **self.vision_inputs(batch)).logits
+    def forward(self, batch: dict, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
+        """Logits (batch, seq, vocab) of the sequences with their images; at ``logits_to_keep`` only
+        (transformers' argument; 0: every position)."""
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                          logits_to_keep=logits_to_keep, **self.vision_inputs(batch)).logits
+
+    def response_nll(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed NLL (fp32) of the batch's response tokens and their number, with the head applied only at the
+        positions that predict one (``modules.token_loss.predicting_positions``)."""
+        positions = predicting_positions(batch["labels"])
+        return token_nll(self(batch, logits_to_keep=positions), batch["labels"], positions=positions)
 
     def dtype_of_vision(self) -> torch.dtype:
         """Dtype the vision tower computes in (pixel values are cast to it)."""
@@ -196,7 +203,7 @@ class VisionLanguageModule(TuneloopModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # The causal-LM loss: a token mean over the whole optimizer step (see modules.token_loss).
-        return self.step_loss.training_step(self, batch, batch_idx, self(batch))
+        return self.step_loss.training_step(self, batch, batch_idx, self.response_nll(batch)[0])
 
     def generation_settings(self) -> dict:
         """Greedy decoding of ``max_new_tokens`` (written into ``prompt.json``)."""
@@ -204,13 +211,13 @@ class VisionLanguageModule(TuneloopModule):
 
     # ----- evaluation -------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.val_nll.update(*token_nll(self(batch), batch["labels"]))
+        self.val_nll.update(*self.response_nll(batch))
 
     def on_validation_epoch_end(self) -> None:
         self.val_nll.log_to(self, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_nll.update(*token_nll(self(batch), batch["labels"]))
+        self.test_nll.update(*self.response_nll(batch))
         rows = self.prediction_rows(batch, with_reference=True)
         self._eval_outputs += rows
         gold = [r["target_alert"] for r in rows]

@@ -24,6 +24,8 @@ Model FLOPs per step (what MFU counts; gradient-checkpointing recomputation is n
 * ``2 N`` per token for the forward matmuls, ``2 N`` for the gradient of the activations and ``2 N`` for the
   gradient of the weights, which frozen parameters (adapter training) skip: 6 per trainable, 4 per frozen
   parameter. ``N`` leaves out embedding tables that are only looked up (an output head tied to them counts).
+  The output head counts at every token, as in the standard model's FLOPs, although the causal-LM loss applies
+  it only where a response token is predicted (``modules.token_loss.predicting_positions``).
 * Attention: per layer and per attended (query, key) pair, ``QK^T`` and ``AV`` are ``2 x 2 x d_attn`` FLOPs
   forward (``d_attn`` = heads x head dim), times 3 with the backward. A record of ``L`` tokens attends
   ``L (L + 1) / 2`` pairs under a causal mask (about ``6 n_layers L d_attn`` FLOPs per token) and ``L^2``
@@ -32,7 +34,7 @@ Model FLOPs per step (what MFU counts; gradient-checkpointing recomputation is n
 
 The vision tower of an image-text model is counted like the language model (its parameters in ``N``), an
 approximation. The peak: the device's dense tensor-core FLOP/s for the run's precision from :data:`GPU_PEAK_TFLOPS`
-(matched on the CUDA device name), or on CPU a measured fp32 matmul (:func:`cpu_peak_flops`, best of ~0.3 s, once
+(matched on the CUDA device name), or on CPU a measured fp32 matmul (:func:`cpu_peak_flops`, best of ~0.1 s before
 per process). A GPU missing from the table gets no ``perf/mfu`` (one warning) unless ``peak_tflops`` is given.
 """
 
@@ -114,8 +116,10 @@ def cpu_peak_flops(size: int = 1024, seconds: float = 0.3) -> float:
     return best
 
 
-def device_peak(device: torch.device, precision: str, peak_tflops: float | None = None) -> tuple[float | None, str]:
-    """Peak FLOP/s of one device for the run's precision, and where the number comes from."""
+def device_peak(device: torch.device, precision: str, peak_tflops: float | None = None,
+                cpu_seconds: float = 0.3) -> tuple[float | None, str]:
+    """Peak FLOP/s of one device for the run's precision, and where the number comes from; on CPU measured over
+    about ``cpu_seconds``."""
     if peak_tflops is not None:
         return peak_tflops * 1e12, f"given: {peak_tflops:g} TFLOP/s"
     if device.type == "cuda":
@@ -125,7 +129,7 @@ def device_peak(device: torch.device, precision: str, peak_tflops: float | None 
             return None, f"{name}: not in trainer.perf.GPU_PEAK_TFLOPS"
         return GPU_PEAK_TFLOPS[row][dtype] * 1e12, f"{name} ({row}), {dtype} dense tensor peak"
     if device.type == "cpu":
-        flops = cpu_peak_flops()
+        flops = cpu_peak_flops(seconds=cpu_seconds)
         return flops, f"CPU fp32 matmul measured: {flops / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads"
     return None, f"{device.type}: no known peak"
 
@@ -258,7 +262,9 @@ class Throughput(Callback):
         self.causal = not (isinstance(pl_module, TuneloopModule) and pl_module.peft_task_type == "SEQ_CLS")
         self.attention_flops_per_pair = 12 * shape[0] * shape[1] if shape else 0
         self.device, self.world = pl_module.device, trainer.world_size
-        self.peak, self.peak_source = device_peak(self.device, trainer.precision, self.peak_tflops)
+        # On CPU a short first measurement (a few matmuls, before step 1) for the per-step logs; the fit's end
+        # measures for longer and the summary keeps the better of the two (on_train_end).
+        self.peak, self.peak_source = device_peak(self.device, trainer.precision, self.peak_tflops, cpu_seconds=0.1)
         if self.peak is None:
             log.warning(f"no peak FLOP/s for {self.peak_source}: perf/mfu is not logged (set the Throughput "
                         "callback's peak_tflops)")
@@ -350,7 +356,7 @@ class Throughput(Callback):
         """On CPU, measure the peak again now that the fit is over and keep the higher of the two: a peak measured
         while other work held the cores reads low and would put the averaged MFU above what the cores can do."""
         if self.device is not None and self.device.type == "cpu" and self.peak_tflops is None and self.peak:
-            again = cpu_peak_flops.__wrapped__()
+            again = cpu_peak_flops.__wrapped__(seconds=0.3)
             if again > self.peak:
                 self.peak = again
                 self.peak_source = (f"CPU fp32 matmul measured (best of fit start and end): {again / 1e9:.1f} "

@@ -18,7 +18,9 @@ activation is still held: the head output, ``b s V`` values in the activation dt
 ``logits_saved``), its gradient (the same size) and one fp32 chunk of ``min(b s, R)`` positions
 (``R = loss_chunk_rows(V)``) being turned into a softmax: ``2 b s V x bytes + min(b s, R) V x 4``. The fp32 logits
 are never whole (the plain loss kept ``b s V x 4`` of fp32 log-softmax and needed two more fp32 copies in its
-backward). Encoders: ``b x num_labels x 4``.
+backward). An upper bound: training applies the head only at positions that predict a response token
+(``modules.token_loss.predicting_positions``), which the plan cannot know; ``s`` there is the response-bearing
+span of the batch, often much less than the sequence (a classification label is a few tokens). Encoders: ``b x num_labels x 4``.
 The vision tower's activations are not included (image tokens count in ``--seq-len``).
 
 Per strategy (world W = gpus x nodes): ``ddp`` replicates everything plus one more copy of the gradients

@@ -25,6 +25,8 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
 
 VARLEN = "tuneloop_sdpa_varlen"
+#: Forward keyword with the record boundaries as Python ints (``cu_seq_lens_q`` on the host).
+BOUNDS_KEY = "tuneloop_varlen_bounds"
 
 
 def varlen_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -50,7 +52,7 @@ def varlen_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else causal
     window = kwargs.get("sliding_window")
-    bounds = cu.tolist()
+    bounds = kwargs.get(BOUNDS_KEY) or cu.tolist()  # host copy made once per forward, not per layer (a GPU sync)
     out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])  # (1, seq, heads, dim)
     for start, end in zip(bounds[:-1], bounds[1:]):
         if end <= start:
@@ -92,11 +94,14 @@ def use_varlen(model) -> str:
 
 def varlen_kwargs(position_ids: torch.Tensor) -> dict:
     """Flash-attention's varlen arguments of one row (1, seq) whose positions restart at 0 at every record:
-    ``cu_seq_lens_q/k`` (int32 record boundaries, 0 and seq included) and ``max_length_q/k``."""
+    ``cu_seq_lens_q/k`` (int32 record boundaries, 0 and seq included) and ``max_length_q/k``, plus the same
+    boundaries as Python ints (:data:`BOUNDS_KEY`)."""
     flat = position_ids.reshape(-1)
     starts = (flat == 0).nonzero().view(-1).to(torch.int32)
     end = torch.tensor([flat.numel()], dtype=torch.int32, device=flat.device)
     cu = torch.cat([starts, end]) if starts.numel() and int(starts[0]) == 0 else torch.cat(
         [torch.zeros(1, dtype=torch.int32, device=flat.device), starts, end])
-    longest = int(cu.diff().max())
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+    bounds = tuple(cu.tolist())
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest,
+            BOUNDS_KEY: bounds}

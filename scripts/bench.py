@@ -28,7 +28,8 @@ optimizer step sees the same tokens on every side (checked: ``same_batches``), a
 adapters' random init included: ``same_start_weights``); the final losses must agree within
 ``--loss-tolerance`` (relative), and the optimizer, LoRA, batch and clipping settings each side really ran with
 must be equal, or the comparison is reported VOID. Repeats are interleaved (a b c d e f, a b c d e f, ...)
-because the machine is shared; ratios are taken per repeat and their median reported. ``--time-budget``
+because the machine is shared; ratios are taken per repeat and their median reported. One warm-up run of the
+first side comes before them and is discarded (``--warmup``). ``--time-budget``
 starts no repeat that would end after it (at least one always runs), so a busy machine gets fewer repeats.
 
 Reported per side: real-token throughput (non-pad tokens per second of optimizer steps 2..N: step 1 is
@@ -417,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per SFT run (default 5; 3 to 15)")
     p.add_argument("--encoder-steps", type=int, default=4, help="optimizer steps per encoder run (default 4; >= 3)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every side, at most (default 3)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="runs of the first side before the repeats, discarded (default 1): the first runs of a "
+                        "session read cold caches (measured ~10%% slower)")
     p.add_argument("--time-budget", type=float, default=500,
                    help="seconds: no new repeat starts that would end after this (default 500; 0: no limit). On a "
                         "busy machine fewer repeats run; at least one always does")
@@ -457,6 +461,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit("bench: at least 3 optimizer steps per run (the first is start-up, and a rate needs two more)")
     order = plan(sides, args.repeats)
     if args.dry_run:
+        for w in range(args.warmup):
+            print(f"[warm-up {w + 1}/{args.warmup}] {sides[0]} ({SIDES[sides[0]]['label']}), discarded")
         for n, (side, r) in enumerate(order, 1):
             spec = SIDES[side]
             what = ("python -m trainer fit " + " ".join(f"-c {c}" for c in JOBS[spec["job"]]) + " -c <run overlay>"
@@ -489,6 +495,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     env = child_env(args.threads)
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     settings: dict[str, dict] = {}
+    for w in range(args.warmup):  # discarded: the first runs of a session read cold caches and ran ~10% slower
+        side = sides[0]
+        cmd, out = run_command(side, steps[SIDES[side]["job"]], args.work, f"warmup{w}", hf_jobs[SIDES[side]["job"]])
+        result = launch(cmd, out, args.work / f"warmup{w}.log", env, args.run_timeout, args.keep_teardown)
+        print(f"[warm-up {w + 1}/{args.warmup}] {side} ({SIDES[side]['label']}): "
+              f"{'FAILED ' + result['error'] if 'error' in result else 'done'} (discarded)", flush=True)
     repeat_started = time.time()
     for n, (side, r) in enumerate(order, 1):
         if side == sides[0] and r > 0:  # a new repeat: only when it should end within the budget
@@ -525,7 +537,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     done = min(len(v) for v in runs.values())
     summary.update({
         "bench": {"steps": steps, "repeats": done, "repeats_requested": args.repeats, "threads": args.threads,
-                  "order": "".join(side for side, r in order if r < done),
+                  "order": "".join(side for side, r in order if r < done), "warmup_runs": args.warmup,
                   "seconds": round(time.time() - started, 1), "notes": notes,
                   "model": {"dir": str(model_dir.relative_to(ROOT)) if model_dir == MODEL_DIR else str(model_dir),
                             **json.loads((model_dir / "bench_model.json").read_text())},

@@ -111,9 +111,12 @@ def test_aggregate_takes_median_ratios_and_voids_a_comparison_whose_losses_diffe
 def test_repeats_are_interleaved_and_the_dry_run_lists_them(capsys):
     assert bench.plan("abc", 2) == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1)]
     bench.main(["--dry-run", "--repeats", "2", "--sides", "bcf"])
-    lines = capsys.readouterr().out.splitlines()
+    warmup, *lines = capsys.readouterr().out.splitlines()
+    assert warmup.startswith("[warm-up 1/1] b") and "discarded" in warmup
     assert len(lines) == 6 and lines[0].startswith("[1/6] b") and "python -m trainer fit" in lines[0]
     assert "bench_hf.py" in lines[1] and "encoder" not in lines[0]
+    bench.main(["--dry-run", "--repeats", "1", "--sides", "c", "--warmup", "0"])
+    assert capsys.readouterr().out.splitlines()[0].startswith("[1/1] c")
     with pytest.raises(SystemExit):
         bench.main(["--dry-run", "--sides", "xz"])
 

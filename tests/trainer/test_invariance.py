@@ -60,10 +60,12 @@ def fit(root, recipe, devices, micro, steps, global_batch, *extra):
 
 
 @pytest.mark.parametrize("recipe,global_batch,runs,extra", [
-    (INTENT, 24, [(1, 4), (1, 2), (1, 1), (2, 4), (2, 4, PACKED)], []),
-    (SFT, 8, [(1, 4), (1, 2), (1, 1), (2, 4)], []),
+    # Every split of the step once across the three (each run is a process start: the suite's time): micro batch
+    # 4 and 1 on one process; 2 DDP processes with accumulation (VLM), without (SFT), packed (intent).
+    (INTENT, 24, [(1, 4), (1, 1), (2, 4, PACKED)], []),
+    (SFT, 8, [(1, 4), (1, 1), (2, 4)], []),
     # QLoRA's compute dtype is the recipe's bf16: fp32 here, so that only the split of the step differs.
-    (VLM, 4, [(1, 2), (1, 1), (2, 1), (2, 2)], ["--model.init_args.quant.compute_dtype=float32"]),
+    (VLM, 4, [(1, 2), (2, 1), (2, 2)], ["--model.init_args.quant.compute_dtype=float32"]),
 ], ids=["intent", "sft", "vlm"])
 def test_process_count_and_micro_batch_size_do_not_change_training(tmp_path, recipe, global_batch, runs, extra):
     (devices, micro), *others = runs

@@ -163,6 +163,12 @@ def write_dir_atomically(path: Path, fill) -> Path:
     return path
 
 
+def base_model(model):
+    """The transformers model inside a PEFT wrapper (or ``model`` itself)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if get is not None else model
+
+
 def standalone_copy(model: torch.nn.Module, state: dict | None = None) -> torch.nn.Module:
     """A plain transformers model (a LoRA adapter merged into its base) holding ``model``'s weights, or ``state``
     (a full state dict of ``model``, gathered from shards), on the CPU in eval mode: what a deployable
@@ -171,7 +177,7 @@ def standalone_copy(model: torch.nn.Module, state: dict | None = None) -> torch.
     from peft import PeftModel, get_peft_model
 
     peft = isinstance(model, PeftModel)
-    base = model.get_base_model() if peft else model
+    base = base_model(model)
     # FSDP2 turns the root class into a subclass (FSDP<Name>); the copy is of the transformers class.
     cls = next(c for c in type(base).__mro__ if c.__module__.startswith("transformers."))
     state = model.state_dict() if state is None else state

@@ -1,7 +1,7 @@
 """Variable-length (padding-free) attention for packed rows on PyTorch's SDPA: each record attends only to
 itself, at the cost of its own length, as flash-attention's varlen kernel does on GPU.
 
-Packed rows (``data.packing``, :func:`modules.causal_lm.packed_logits`) hold several records end to end. With
+Packed rows (``data.packing``, :func:`modules.causal_lm.model_inputs`) hold several records end to end. With
 ``attn_implementation="sdpa"`` transformers builds one block-diagonal causal mask over the whole row
 (``masking_utils.find_packed_sequence_indices``) and SDPA then computes every query against every key of the
 row, masked: a row of four 180-token records costs the attention of one 720-token record, four times that of the
@@ -10,7 +10,7 @@ model (CPU, one thread), packed steps cost 28% more time per token than padded o
 
 ``VARLEN`` is SDPA with one ``is_causal`` call per record when the forward carries flash-attention's varlen
 arguments (``cu_seq_lens_q``/``cu_seq_lens_k``, the cumulative record lengths over the flattened rows, which
-:func:`modules.causal_lm.packed_logits` passes); without them (padded batches, evaluation, generation with a
+:func:`modules.causal_lm.model_inputs` passes); without them (padded batches, evaluation, generation with a
 cache) it is transformers' SDPA unchanged, mask and all. :func:`use_varlen` switches a model from ``sdpa`` to
 it the first time it sees a packed batch; ``flash_attention_*`` (varlen natively) and ``eager`` are left as
 they are. The registered name is a runtime setting only: ``save_pretrained`` does not write it.
@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+from modules.adapter import base_model
 
 VARLEN = "tuneloop_sdpa_varlen"
 #: Forward keyword with the record boundaries as Python ints (``cu_seq_lens_q`` on the host).
@@ -75,12 +78,6 @@ AttentionMaskInterface.register(VARLEN, sdpa_mask)
 assert VARLEN in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
 
 
-def base_model(model):
-    """The transformers model under a PEFT wrapper (or ``model`` itself)."""
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) else model
-
-
 def use_varlen(model) -> str:
     """Switch ``model`` (a transformers model, or a PEFT one around it) from ``sdpa`` to :data:`VARLEN`, once;
     returns the attention implementation it then has."""
@@ -93,14 +90,10 @@ def use_varlen(model) -> str:
 
 
 def varlen_kwargs(position_ids: torch.Tensor) -> dict:
-    """Flash-attention's varlen arguments of one row (1, seq) whose positions restart at 0 at every record:
-    ``cu_seq_lens_q/k`` (int32 record boundaries, 0 and seq included) and ``max_length_q/k``, plus the same
-    boundaries as Python ints (:data:`BOUNDS_KEY`)."""
-    flat = position_ids.reshape(-1)
-    starts = (flat == 0).nonzero().view(-1).to(torch.int32)
-    end = torch.tensor([flat.numel()], dtype=torch.int32, device=flat.device)
-    cu = torch.cat([starts, end]) if starts.numel() and int(starts[0]) == 0 else torch.cat(
-        [torch.zeros(1, dtype=torch.int32, device=flat.device), starts, end])
+    """Flash-attention's varlen arguments of one row (1, seq) whose positions restart at 0 at every record
+    (transformers' ``prepare_fa_kwargs_from_position_ids``): ``cu_seq_lens_q/k`` (int32 record boundaries, 0 and
+    seq included) and ``max_length_q/k``, plus the same boundaries as Python ints (:data:`BOUNDS_KEY`)."""
+    (cu, _), _ = prepare_fa_kwargs_from_position_ids(position_ids)
     bounds = tuple(cu.tolist())
     longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest,

@@ -12,7 +12,8 @@ from datamodules.collate import pack_causal, pad_causal
 from modules.backbone import BackboneSpec, LoraSpec, TinySpec
 from modules.causal_lm import CausalLMModule, packed_logits
 from modules.token_loss import predicting_positions, token_nll
-from modules.varlen_attention import VARLEN, base_model
+from modules.adapter import base_model
+from modules.varlen_attention import VARLEN
 from tests.conftest import TOKENIZER
 
 LENGTHS, PROMPTS = [23, 7, 40, 12, 31, 5], [15, 3, 30, 6, 20, 2]

@@ -35,7 +35,7 @@ workspaces) + 10 % of the rest (fragmentation).
 
 from __future__ import annotations
 
-from trainer.plan.meta import VISION_TOWER_NAMES, Built, base_model
+from trainer.plan.meta import VISION_TOWER_NAMES, Built
 from trainer.plan.recipe import Recipe
 
 GIB = 2**30
@@ -72,6 +72,8 @@ def _optimizer_state_bytes(optimizer: str, args: dict, numel: int, itemsize: int
 def inventory(built: Built, recipe: Recipe) -> dict:
     """Bytes of weights (by dtype and 4-bit), gradients and optimizer states of one full replica, plus the
     block sizes the sharded strategies need."""
+    from modules.adapter import base_model
+
     base = base_model(built.model)
     sixteen = recipe.precision.startswith(("bf16", "16"))
     # Unsharded working copies: DeepSpeed runs a 16-bit module under any 16-bit precision; the fsdp preset's
@@ -186,6 +188,8 @@ def _lora_extra_per_token(built: Built, recipe: Recipe, act_bytes: int) -> int:
         return 0
     from torch import nn
 
+    from modules.adapter import base_model
+
     layers = _text_layers(base_model(built.model))
     if not layers:
         return 0
@@ -204,6 +208,8 @@ def _lora_extra_per_token(built: Built, recipe: Recipe, act_bytes: int) -> int:
 
 def activations(built: Built, recipe: Recipe, attention: str = "sdpa") -> dict:
     """Activation bytes of one micro batch (see module docstring for the formula)."""
+    from modules.adapter import base_model
+
     base = base_model(built.model)
     text = _text_config(base.config)
     h, a, L = text.hidden_size, text.num_attention_heads, text.num_hidden_layers

@@ -138,6 +138,8 @@ def build_meta_model(recipe: Recipe) -> Built:
     """The recipe's model on the meta device, quantized and wrapped with LoRA as the task module would."""
     import torch
 
+    from modules.adapter import base_model
+
     config = _load_config(recipe)
     cls = _model_class(recipe, config)
     spec = recipe.backbone
@@ -181,12 +183,6 @@ def build_meta_model(recipe: Recipe) -> Built:
     return Built(model=model, base_class=type(base_model(model)).__name__, model_type=config.model_type,
                  base_total=base_total, quantized=quantized, quant_patterns=patterns, unquantized_linear=kept,
                  peft_line=peft_line, trainable=trainable, all_params=all_params)
-
-
-def base_model(model):
-    """The transformers model inside a PEFT wrapper (or ``model`` itself)."""
-    get = getattr(model, "get_base_model", None)
-    return get() if get is not None else model
 
 
 def peft_count(model) -> tuple[int, int]:

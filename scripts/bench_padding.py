@@ -39,18 +39,17 @@ def packed_padding(lengths: list[int], micro_batch_size: int, order: list[int], 
 
 def time_micro_batches(module, dataset, micro: int, order: list[int], collators: dict, n: int,
                        rounds: int = 5) -> dict:
-    """Seconds per micro batch (forward + backward of the summed token NLL) for each collator, on the same ``n``
-    micro batches of ``order``: the best of ``rounds`` passes, the collators taking turns (so that a busy machine
-    slows them alike), after one untimed warm-up batch each."""
-    from modules.token_loss import token_nll
-
+    """Seconds per micro batch (forward + backward of the summed token NLL, as training computes it:
+    ``response_nll``) for each collator, on the same ``n`` micro batches of ``order``: the best of ``rounds``
+    passes, the collators taking turns (so that a busy machine slows them alike), after one untimed warm-up batch
+    each."""
     n = min(n, len(order) // micro)
     batches = [[dataset[j] for j in order[i:i + micro]] for i in range(0, micro * n, micro)]
     collated = {name: [collate(b) for b in batches] for name, collate in collators.items()}
 
     def step(batch) -> None:
         module.zero_grad(set_to_none=True)
-        nll, _ = token_nll(module(batch), batch["labels"])
+        nll, _ = module.response_nll(batch)
         nll.backward()
 
     best = {name: float("inf") for name in collated}

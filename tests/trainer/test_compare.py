@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tests.conftest import ROOT, TOKENIZER, write_jsonl
+from tests.conftest import ROOT, save_tiny_llama_with_adapter, write_jsonl
 from trainer.compare import (
     DEFAULT_SYSTEM,
     STAT_KEYS,
@@ -282,26 +282,8 @@ def test_top_level_help_lists_the_steps(capsys):
 def tiny_models(tmp_path_factory):
     """A random 2-layer Llama sized to the local tokenizer, and a LoRA adapter on it whose B matrices are
     perturbed (LoRA starts as a no-op: B = 0) so that the adapted model answers differently."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("compare-models")
-    tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
-                                                  task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    peft_model.save_pretrained(root / "adapter")
+    save_tiny_llama_with_adapter(root, "base")
     return root
 
 

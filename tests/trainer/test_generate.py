@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.conftest import TOKENIZER, write_jsonl
+from tests.conftest import save_tiny_llama_with_adapter, write_jsonl
 from trainer.generate import main
 
 # peft 0.21 calls a property that transformers 5 deprecates (saving, merging): not ours to fix
@@ -48,28 +48,8 @@ def _module_greedy(model, tok, dm) -> dict:
 def run_dir(tmp_path_factory):
     """runs/<exp>/<version>/ as a LoRA run leaves it: base_model/ (the tiny random base) and adapter/ (PEFT
     weights, tokenizer, prompt.json); merged/ (merge_and_unload); the module's expected answers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("gen-run")
-    tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(root / "base_model")
-    tok.save_pretrained(root / "base_model")
-    base = LlamaForCausalLM.from_pretrained(root / "base_model")  # the adapter names this directory as its base
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
-                                            task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    model.eval()
-    model.save_pretrained(root / "adapter")
-    tok.save_pretrained(root / "adapter")
+    tok, model = save_tiny_llama_with_adapter(root, "base_model")
     intent_file = write_jsonl(root / "intent.jsonl", [{"id": f"u{i}", "text": t} for i, t in enumerate(UTTERANCES)])
     alpaca_file = write_jsonl(root / "alpaca.jsonl", ALPACA)
     intent, alpaca = _datamodule("intent", intent_file, tok), _datamodule("alpaca", alpaca_file, tok)

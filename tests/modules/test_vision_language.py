@@ -166,6 +166,31 @@ def test_exported_adapter_reloads_on_the_4bit_base_with_the_same_logits(qlora_fi
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_the_loss_applies_the_head_at_response_positions_only_and_equals_the_full_logits_loss(qlora_fit):
+    from modules.token_loss import predicting_positions, token_nll
+
+    _, module, dm, _, _ = qlora_fit
+    batch = dm.collate_fn([dm.splits["val"][i] for i in range(2)])
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    positions = predicting_positions(batch["labels"])
+    assert 0 < positions.numel() < batch["labels"].shape[1] - 1  # the prompt and image positions are skipped
+    module.eval()  # no dropout: both passes compute the same function
+    results = []
+    for loss in (lambda: token_nll(module(batch), batch["labels"]), lambda: module.response_nll(batch)):
+        module.zero_grad(set_to_none=True)
+        nll, tokens = loss()
+        nll.backward()
+        results.append((nll.detach(), int(tokens),
+                        {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}))
+    module.zero_grad(set_to_none=True)  # the fitted module is shared with the other tests
+    (full, n_full, g_full), (kept, n_kept, g_kept) = results
+    assert n_full == n_kept > 0 and g_full.keys() == g_kept.keys() and g_full
+    torch.testing.assert_close(kept, full, rtol=1e-6, atol=0.0)
+    for name, g in g_kept.items():
+        scale = float(g_full[name].abs().max())
+        assert float((g - g_full[name]).abs().max()) <= 1e-5 * max(scale, 1e-12), name
+
+
 @pytest.mark.parametrize("vision", ["frozen", "lora"])
 def test_lora_targets_the_language_model_unless_the_vision_tower_is_adapted(vision):
     from modules.processor import load_vision_processor
